@@ -1,0 +1,147 @@
+"""SystemStatusBroadcaster: one sample in, one frame per subscription set out.
+
+It knows nothing of tornado: a subscriber is given a ``send(frame) -> Future | None``
+callable by its connection. Everything here runs on the server's event loop.
+
+Each subscriber has a bounded buffer. While its previous frame is still being written
+(the client is slow or not reading), new frames queue there; when it is full the oldest
+is dropped and counted in ``lagged``, so the newest data wins, a stalled client holds at
+most ``buffer_size`` frames, and nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sysmon_nb.protocol import Status, encode
+
+log = logging.getLogger("sysmon_nb.broadcaster")
+
+Send = Callable[[str], "asyncio.Future[Any] | None"]
+
+
+class Subscriber:
+    """One connection's place in the fan-out."""
+
+    def __init__(self, send: Send, metrics: tuple[str, ...], buffer_size: int) -> None:
+        self.metrics = metrics
+        self.lagged = 0
+        self.delivered = 0
+        self.closed = False
+        self._send = send
+        self._pending: deque[str] = deque(maxlen=max(1, buffer_size))
+        self._writing = False
+
+    @property
+    def pending(self) -> int:
+        """Frames waiting for the connection to take them."""
+        return len(self._pending)
+
+    def offer(self, frame: str) -> None:
+        """Queue ``frame``; drop the oldest queued frame if the buffer is full."""
+        if self.closed:
+            return
+        if len(self._pending) == self._pending.maxlen:
+            self.lagged += 1
+        self._pending.append(frame)
+        self._pump()
+
+    def close(self) -> None:
+        self.closed = True
+        self._pending.clear()
+
+    def _pump(self) -> None:
+        while not self._writing and self._pending and not self.closed:
+            frame = self._pending.popleft()
+            try:
+                result = self._send(frame)
+            except Exception:
+                log.debug("sysmon: send failed; dropping subscriber", exc_info=True)
+                self.close()
+                return
+            self.delivered += 1
+            if result is not None:
+                if result.done():
+                    self._consume(result)
+                else:
+                    self._writing = True
+                    result.add_done_callback(self._written)
+
+    def _written(self, result: Any) -> None:
+        self._writing = False
+        self._consume(result)
+        self._pump()
+
+    def _consume(self, result: Any) -> None:
+        if result.cancelled() or result.exception() is not None:
+            self.close()
+
+
+class SystemStatusBroadcaster:
+    """Keeps the history ring and the subscribers; ``publish`` fans a sample out."""
+
+    def __init__(self, history: int, buffer_size: int) -> None:
+        self._history: deque[Status] = deque(maxlen=history) if history else deque(maxlen=0)
+        self._buffer_size = buffer_size
+        self._groups: dict[tuple[str, ...], set[Subscriber]] = {}
+        self.latest: Status | None = None
+        self.published = 0
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        return [s for group in self._groups.values() for s in group]
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._groups.values())
+
+    def subscribe(self, send: Send, metrics: tuple[str, ...]) -> Subscriber:
+        """Add a subscriber that receives every future sample restricted to ``metrics``."""
+        sub = Subscriber(send, metrics, self._buffer_size)
+        self._groups.setdefault(metrics, set()).add(sub)
+        return sub
+
+    def change(self, sub: Subscriber, metrics: tuple[str, ...]) -> None:
+        """Move ``sub`` to another subscription set."""
+        self._discard(sub)
+        sub.metrics = metrics
+        self._groups.setdefault(metrics, set()).add(sub)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Remove ``sub``; it receives nothing more. Idempotent."""
+        self._discard(sub)
+        sub.close()
+
+    def history(self, count: int, metrics: Iterable[str]) -> list[Status]:
+        """Up to ``count`` most recent samples, oldest first, restricted to ``metrics``."""
+        if count <= 0:
+            return []
+        wanted = tuple(metrics)
+        samples = list(self._history)[-count:]
+        return [s.subset(wanted) for s in samples]
+
+    def publish(self, status: Status) -> None:
+        """Record ``status`` and hand it to every subscriber, encoding it once per
+        distinct subscription set."""
+        self.latest = status
+        self.published += 1
+        if self._history.maxlen:
+            self._history.append(status)
+        for metrics, group in list(self._groups.items()):
+            if not group:
+                continue
+            frame = encode(status.subset(metrics))
+            for sub in list(group):
+                sub.offer(frame)
+                if sub.closed:
+                    self._discard(sub)
+
+    def _discard(self, sub: Subscriber) -> None:
+        group = self._groups.get(sub.metrics)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self._groups[sub.metrics]

@@ -1,0 +1,153 @@
+"""The ``container`` collector: the limits the server's own cgroup puts on it.
+
+Reads cgroup v2 (the unified hierarchy) or v1 (``memory`` and ``cpu`` controllers)
+from ``root`` (``/sys/fs/cgroup``), at the path ``/proc/self/cgroup`` names. A limit
+set on an ancestor cgroup applies too, so the tightest one along the path wins.
+``null`` means unlimited (or no cgroup filesystem at all).
+
+``memory_used_bytes`` leaves out inactive file cache, as ``docker stats`` and the
+kubelet do: that is the memory the kernel would not reclaim before an OOM kill.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import CollectorError
+
+#: v1 reports "no limit" as a huge page-rounded number; anything above this is unlimited.
+_V1_UNLIMITED = 1 << 62
+
+
+class ContainerCollector:
+    """``container``: cgroup version, memory limit and use, CPU quota in cores."""
+
+    name = "container"
+
+    def __init__(
+        self, root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup"
+    ) -> None:
+        self._root = Path(root)
+        self._proc_cgroup = Path(proc_cgroup)
+
+    def collect(self, now: float) -> dict[str, Any]:
+        if (self._root / "cgroup.controllers").is_file():
+            return self._v2()
+        if (self._root / "memory").is_dir() or (self._root / "cpu").is_dir():
+            return self._v1()
+        return {
+            "cgroup": None,
+            "memory_limit_bytes": None,
+            "memory_used_bytes": None,
+            "cpu_limit_cores": None,
+        }
+
+    # -- cgroup v2 -------------------------------------------------------------------
+
+    def _v2(self) -> dict[str, Any]:
+        own = self._own_dir(self._root, lambda controllers: controllers == "")
+        memory_limit: int | None = None
+        cpu_limit: float | None = None
+        for directory in _self_and_ancestors(own, self._root):
+            text = _read(directory / "memory.max")
+            if text is not None and text != "max":
+                memory_limit = _min(memory_limit, int(text))
+            text = _read(directory / "cpu.max")
+            if text is not None:
+                quota, _, period = text.partition(" ")
+                if quota != "max" and period:
+                    cpu_limit = _min(cpu_limit, int(quota) / int(period))
+        used = None
+        if own != self._root:
+            current = _read(own / "memory.current")
+            if current is None:
+                raise CollectorError(f"cannot read {own / 'memory.current'}")
+            used = max(0, int(current) - _stat(own / "memory.stat", "inactive_file"))
+        return {
+            "cgroup": 2,
+            "memory_limit_bytes": memory_limit,
+            "memory_used_bytes": used,
+            "cpu_limit_cores": None if cpu_limit is None else round(cpu_limit, 3),
+        }
+
+    # -- cgroup v1 -------------------------------------------------------------------
+
+    def _v1(self) -> dict[str, Any]:
+        memory_limit: int | None = None
+        used: int | None = None
+        mem_root = self._root / "memory"
+        if mem_root.is_dir():
+            mem = self._own_dir(mem_root, lambda controllers: "memory" in controllers.split(","))
+            limit = _stat(mem / "memory.stat", "hierarchical_memory_limit", None)
+            if limit is None:
+                text = _read(mem / "memory.limit_in_bytes")
+                limit = int(text) if text is not None else None
+            if limit is not None and limit < _V1_UNLIMITED:
+                memory_limit = limit
+            usage = _read(mem / "memory.usage_in_bytes")
+            if usage is None:
+                raise CollectorError(f"cannot read {mem / 'memory.usage_in_bytes'}")
+            inactive = _stat(mem / "memory.stat", "total_inactive_file")
+            used = max(0, int(usage) - inactive)
+        cpu_limit: float | None = None
+        cpu_root = self._root / "cpu"
+        if cpu_root.is_dir():
+            cpu = self._own_dir(cpu_root, lambda controllers: "cpu" in controllers.split(","))
+            for directory in _self_and_ancestors(cpu, cpu_root):
+                quota = _read(directory / "cpu.cfs_quota_us")
+                period = _read(directory / "cpu.cfs_period_us")
+                if quota is not None and period is not None and int(quota) > 0:
+                    cpu_limit = _min(cpu_limit, int(quota) / int(period))
+        return {
+            "cgroup": 1,
+            "memory_limit_bytes": memory_limit,
+            "memory_used_bytes": used,
+            "cpu_limit_cores": None if cpu_limit is None else round(cpu_limit, 3),
+        }
+
+    def _own_dir(self, mount: Path, matches: Any) -> Path:
+        """This process's cgroup directory under ``mount``; ``mount`` itself when the
+        path is not visible (a cgroup namespace makes our cgroup the root)."""
+        text = _read(self._proc_cgroup)
+        for line in (text or "").splitlines():
+            _, controllers, path = [*line.split(":", 2), "", ""][:3]
+            if matches(controllers):
+                candidate = mount / path.lstrip("/")
+                if candidate.is_dir():
+                    return candidate
+                break
+        return mount
+
+
+def _self_and_ancestors(directory: Path, stop: Path) -> list[Path]:
+    chain = [directory]
+    while directory != stop and stop in directory.parents:
+        directory = directory.parent
+        chain.append(directory)
+    return chain
+
+
+def _read(path: Path) -> str | None:
+    """The file's stripped text; ``None`` if it does not exist. Other errors
+    (permission denied) become a :class:`CollectorError`."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _stat(path: Path, key: str, default: Any = 0) -> Any:
+    """One field of a ``memory.stat``-style file."""
+    text = _read(path)
+    for line in (text or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return default
+
+
+def _min(current: Any, new: Any) -> Any:
+    return new if current is None else min(current, new)

@@ -1,0 +1,351 @@
+"""Collectors that read the machine through psutil: cpu, memory, disk, network,
+processes, and the Jupyter server's own kernels.
+
+Each takes its source as an argument (``ps``, default the :mod:`psutil` module), so a
+test can plug in recorded readings instead of patching psutil. All run on the
+sampler's worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import psutil
+
+from .errors import CollectorError
+from .sampler import Rates, sum_known
+
+
+def _busy_percent(before: Any, after: Any) -> float | None:
+    """CPU busy share between two ``cpu_times`` readings, as psutil computes it."""
+
+    def split(t: Any) -> tuple[float, float]:
+        total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return total, idle
+
+    total_a, idle_a = split(before)
+    total_b, idle_b = split(after)
+    elapsed = total_b - total_a
+    if elapsed <= 0 or idle_b < idle_a:
+        return None
+    busy = elapsed - (idle_b - idle_a)
+    return round(min(100.0, max(0.0, 100.0 * busy / elapsed)), 1)
+
+
+def _sum_times(times: Sequence[Any]) -> Any:
+    fields = times[0]._fields
+    return type(times[0])(*(sum(getattr(t, f) for t in times) for f in fields))
+
+
+class CpuCollector:
+    """``cpu``: total and per-core busy percent over the last interval, core count, load.
+
+    Percentages come from our own ``cpu_times`` deltas, so the first tick is ``null``
+    rather than psutil's meaningless first reading.
+    """
+
+    name = "cpu"
+
+    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+        self._ps = ps
+        self._last: list[Any] | None = None
+
+    def collect(self, now: float) -> dict[str, Any]:
+        times = list(self._ps.cpu_times(percpu=True))
+        prev, self._last = self._last, times
+        per_cpu: list[float | None] | None = None
+        percent = None
+        if prev is not None and len(prev) == len(times) and times:
+            per_cpu = [_busy_percent(a, b) for a, b in zip(prev, times)]
+            percent = _busy_percent(_sum_times(prev), _sum_times(times))
+        load_1m, load_5m, load_15m = self._ps.getloadavg()
+        return {
+            "percent": percent,
+            "per_cpu": per_cpu,
+            "count": self._ps.cpu_count() or len(times),
+            "load_1m": round(load_1m, 2),
+            "load_5m": round(load_5m, 2),
+            "load_15m": round(load_15m, 2),
+        }
+
+
+class MemoryCollector:
+    """``memory``: RAM and swap. ``used_bytes`` is total minus available, so that
+    ``percent`` is ``used_bytes / total_bytes``."""
+
+    name = "memory"
+
+    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+        self._ps = ps
+
+    def collect(self, now: float) -> dict[str, Any]:
+        vm = self._ps.virtual_memory()
+        sw = self._ps.swap_memory()
+        used = vm.total - vm.available
+        return {
+            "total_bytes": vm.total,
+            "available_bytes": vm.available,
+            "used_bytes": used,
+            "percent": round(100.0 * used / vm.total, 1) if vm.total else None,
+            "swap_total_bytes": sw.total,
+            "swap_used_bytes": sw.used,
+            "swap_percent": round(sw.percent, 1),
+        }
+
+
+class DiskCollector:
+    """``disk``: read/write throughput and operations per second over all disks, and
+    the usage of each mounted filesystem (one entry per device, its shortest mount
+    point, plus ``/``)."""
+
+    name = "disk"
+
+    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+        self._ps = ps
+        self._rates = Rates()
+
+    def collect(self, now: float) -> dict[str, Any]:
+        io = self._ps.disk_io_counters(perdisk=False)
+        counters = (
+            {}
+            if io is None
+            else {
+                "read_bytes": io.read_bytes,
+                "write_bytes": io.write_bytes,
+                "read_ops": io.read_count,
+                "write_ops": io.write_count,
+            }
+        )
+        rates = self._rates.update(now, counters)
+        return {
+            "read_bytes_per_s": _rounded(rates.get("read_bytes")),
+            "write_bytes_per_s": _rounded(rates.get("write_bytes")),
+            "read_ops_per_s": _rounded(rates.get("read_ops")),
+            "write_ops_per_s": _rounded(rates.get("write_ops")),
+            "mounts": self._mounts(),
+        }
+
+    def _mounts(self) -> list[dict[str, Any]]:
+        by_device: dict[str, Any] = {}
+        for part in self._ps.disk_partitions(all=False):
+            known = by_device.get(part.device)
+            if known is None or len(part.mountpoint) < len(known.mountpoint):
+                by_device[part.device] = part
+        chosen = [(p.mountpoint, p.fstype) for p in by_device.values()]
+        if "/" not in {path for path, _ in chosen}:
+            chosen.append(("/", ""))
+        mounts = []
+        for path, fstype in sorted(chosen):
+            try:
+                usage = self._ps.disk_usage(path)
+            except OSError:
+                continue  # unreadable or vanished mount: leave it out, keep the rest
+            mounts.append(
+                {
+                    "path": path,
+                    "fstype": fstype,
+                    "total_bytes": usage.total,
+                    "used_bytes": usage.used,
+                    "percent": round(usage.percent, 1),
+                }
+            )
+        return mounts
+
+
+class NetworkCollector:
+    """``network``: bytes and packets per second, summed over interfaces, loopback
+    excluded. An interface whose counters reset, or that just appeared, is left out of
+    that tick's sum rather than making the total jump."""
+
+    name = "network"
+
+    def __init__(self, ps: ModuleType | Any = psutil, ignore: Iterable[str] = ("lo",)) -> None:
+        self._ps = ps
+        self._ignore = frozenset(ignore)
+        self._rates = Rates()
+
+    def collect(self, now: float) -> dict[str, Any]:
+        counters: dict[str, float] = {}
+        for nic, c in self._ps.net_io_counters(pernic=True).items():
+            if nic in self._ignore:
+                continue
+            counters[f"{nic}\0recv_bytes"] = c.bytes_recv
+            counters[f"{nic}\0sent_bytes"] = c.bytes_sent
+            counters[f"{nic}\0recv_packets"] = c.packets_recv
+            counters[f"{nic}\0sent_packets"] = c.packets_sent
+        rates = self._rates.update(now, counters)
+        out: dict[str, Any] = {}
+        for kind in ("recv_bytes", "sent_bytes", "recv_packets", "sent_packets"):
+            suffix = f"\0{kind}"
+            total = sum_known(v for k, v in rates.items() if k.endswith(suffix))
+            out[f"{kind}_per_s"] = _rounded(total)
+        return out
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass
+class ProcessInfo:
+    pid: int
+    name: str
+    user: str | None
+    cpu_percent: float | None
+    rss_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "name": self.name,
+            "user": self.user,
+            "cpu_percent": self.cpu_percent,
+            "rss_bytes": self.rss_bytes,
+        }
+
+
+@dataclass
+class _Tracked:
+    process: Any
+    name: str
+    user: str | None
+    primed: bool = False
+
+
+@dataclass
+class ProcessTable:
+    """Keeps ``psutil.Process`` objects across ticks so that per-process CPU percent is
+    measured over the interval, and name and user are read once per process.
+
+    ``cpu_percent`` is percent of one core (it can pass 100 for a multi-threaded
+    process) and is ``None`` on a process's first reading.
+    """
+
+    ps: ModuleType | Any = psutil
+    _tracked: dict[int, _Tracked] = field(default_factory=dict)
+
+    def read(self, pids: Iterable[int]) -> list[ProcessInfo]:
+        """Read each pid; gone or inaccessible processes are skipped. Processes not in
+        ``pids`` are forgotten."""
+        wanted = set(pids)
+        for pid in list(self._tracked):
+            if pid not in wanted:
+                del self._tracked[pid]
+        infos = []
+        for pid in wanted:
+            info = self._read_one(pid)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    def _read_one(self, pid: int) -> ProcessInfo | None:
+        ps = self.ps
+        tracked = self._tracked.get(pid)
+        try:
+            if tracked is None:
+                proc = ps.Process(pid)
+                with proc.oneshot():
+                    name = proc.name()
+                    try:
+                        user = proc.username()
+                    except (ps.AccessDenied, KeyError):
+                        user = None
+                tracked = self._tracked[pid] = _Tracked(proc, name, user)
+            proc = tracked.process
+            with proc.oneshot():
+                cpu = proc.cpu_percent(None)
+                rss = proc.memory_info().rss
+        except (ps.NoSuchProcess, ps.ZombieProcess):
+            self._tracked.pop(pid, None)
+            return None
+        except ps.AccessDenied:
+            return None
+        cpu_percent = round(cpu, 1) if tracked.primed else None
+        tracked.primed = True
+        return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, rss)
+
+
+def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: int) -> list:
+    return [p.to_json() for p in sorted(infos, key=key, reverse=True)[:n]]
+
+
+class ProcessesCollector:
+    """``processes``: how many processes exist, and the ``top_n`` by CPU and by RSS.
+
+    With ``top_n`` 0 only the count is read (no per-process walk).
+    """
+
+    name = "processes"
+
+    def __init__(self, top_n: int = 5, ps: ModuleType | Any = psutil) -> None:
+        self._ps = ps
+        self._top_n = top_n
+        self._table = ProcessTable(ps)
+
+    def collect(self, now: float) -> dict[str, Any]:
+        pids = self._ps.pids()
+        out: dict[str, Any] = {"count": len(pids), "top_cpu": [], "top_memory": []}
+        if self._top_n > 0:
+            infos = self._table.read(pids)
+            known_cpu = [p for p in infos if p.cpu_percent is not None]
+            out["top_cpu"] = top(known_cpu, lambda p: p.cpu_percent or 0.0, self._top_n)
+            out["top_memory"] = top(infos, lambda p: p.rss_bytes, self._top_n)
+        return out
+
+
+@dataclass(frozen=True)
+class KernelRef:
+    id: str
+    name: str
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class JupyterCounts:
+    """What the server's managers hold, read on the server's own thread."""
+
+    kernels: tuple[KernelRef, ...]
+    terminals: int
+    sessions: int
+
+
+class JupyterCollector:
+    """``jupyter``: kernel, terminal and session counts, and each local kernel's CPU
+    and memory. ``source`` returns a :class:`JupyterCounts` (see ``app.py``, which
+    reads the managers on the event loop)."""
+
+    name = "jupyter"
+
+    def __init__(self, source: Callable[[], JupyterCounts], ps: ModuleType | Any = psutil) -> None:
+        self._source = source
+        self._table = ProcessTable(ps)
+
+    def collect(self, now: float) -> dict[str, Any]:
+        try:
+            counts = self._source()
+        except TimeoutError:
+            raise CollectorError("the server did not answer in time") from None
+        pids = {k.pid for k in counts.kernels if k.pid is not None}
+        by_pid = {p.pid: p for p in self._table.read(pids)}
+        usage = []
+        for kernel in counts.kernels:
+            info = by_pid.get(kernel.pid) if kernel.pid is not None else None
+            usage.append(
+                {
+                    "id": kernel.id,
+                    "name": kernel.name,
+                    "pid": kernel.pid,
+                    "cpu_percent": info.cpu_percent if info else None,
+                    "rss_bytes": info.rss_bytes if info else None,
+                }
+            )
+        return {
+            "kernels": len(counts.kernels),
+            "terminals": counts.terminals,
+            "sessions": counts.sessions,
+            "kernel_usage": usage,
+        }

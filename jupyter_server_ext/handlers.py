@@ -1,0 +1,187 @@
+"""The routes: ``sysmon/ws`` (WebSocket) and ``sysmon/api/status`` (latest sample).
+
+Both follow jupyter_server's own handlers: authentication first (``ws_authenticated``
+/ ``web.authenticated``), then the server's authorizer for ``read`` on ``sysmon``,
+then our admin policy. Refusals are JSON, before any upgrade.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import ws_authenticated
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from tornado import web
+from tornado.websocket import WebSocketHandler
+
+from sysmon_nb.protocol import (
+    CLOSE_GOING_AWAY,
+    MAX_MESSAGE_BYTES,
+    Error,
+    Hello,
+    History,
+    ProtocolError,
+    Subscribed,
+    decode_client,
+    dumps,
+    encode,
+    parse_history,
+    parse_metrics,
+)
+
+from .broadcaster import Subscriber
+
+if TYPE_CHECKING:
+    from .app import SysmonExtension
+
+AUTH_RESOURCE = "sysmon"
+
+
+class _SysmonAuthMixin:
+    """The checks shared by both routes: authorizer, then admin policy."""
+
+    extension: SysmonExtension
+
+    def initialize(self, extension: SysmonExtension) -> None:
+        self.extension = extension
+
+    async def _authorize_admin(self) -> None:
+        handler: Any = self
+        user = handler.current_user
+        allowed = await ensure_async(
+            handler.authorizer.is_authorized(handler, user, "read", AUTH_RESOURCE)
+        )
+        if not allowed:
+            raise web.HTTPError(403, "not authorized to read system status")
+        decision = self.extension.policy.check(user)
+        if not decision.allowed:
+            handler.log.warning(
+                "sysmon: refused %s: %s", handler.request.remote_ip, decision.reason
+            )
+            raise web.HTTPError(403, decision.reason)
+
+
+class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """``GET sysmon/ws``: hello, optional history, then a status frame per sample."""
+
+    auth_resource = AUTH_RESOURCE
+    write_error = APIHandler.write_error
+
+    _subscriber: Subscriber | None = None
+    _metrics: tuple[str, ...] = ()
+    _history = 0
+    _counted = False
+
+    def set_default_headers(self) -> None:
+        """Undo JupyterHandler's page headers, meaningless for a WebSocket."""
+
+    @property
+    def max_message_size(self) -> int:
+        return MAX_MESSAGE_BYTES
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return {} if self.extension.compression else None
+
+    async def pre_get(self) -> None:
+        await self._authorize_admin()
+        ext = self.extension
+        try:
+            self._metrics = parse_metrics(self.get_argument("metrics", ""), ext.metrics)
+            self._history = parse_history(self.get_argument("history", "0"), ext.history)
+        except ProtocolError as err:
+            raise web.HTTPError(400, err.message) from None
+        if len(ext.connections) >= ext.max_connections:
+            raise web.HTTPError(503, f"too many sysmon connections (max {ext.max_connections})")
+        ext.connections.add(self)
+        self._counted = True
+
+    @ws_authenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        await self.pre_get()
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            # get() returns when the connection ends, or at once if the upgrade failed.
+            self._release()
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        super().open(*args, **kwargs)  # starts the keep-alive pings
+        ext = self.extension
+        hello = Hello(
+            server=ext.version,
+            host=ext.host,
+            interval=ext.interval,
+            metrics=tuple(ext.metrics),
+            subscribed=self._metrics,
+            expires_at=None,
+        )
+        self._send(encode(hello))
+        if self._history:
+            samples = ext.broadcaster.history(self._history, self._metrics)
+            self._send(encode(History(samples=tuple(samples))))
+        self._subscriber = ext.broadcaster.subscribe(self._send, self._metrics)
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            request = decode_client(message, self.extension.metrics)
+        except ProtocolError as err:
+            self.log.info("sysmon: ignored client message (%s): %s", err.code, err.message)
+            self._send(encode(Error(code=err.code, message=err.message)))
+            return
+        if self._subscriber is not None:
+            self.extension.broadcaster.change(self._subscriber, request.metrics)
+        self._metrics = request.metrics
+        self._send(encode(Subscribed(metrics=request.metrics)))
+
+    def on_close(self) -> None:
+        if self.ping_callback is not None:
+            # WebSocketMixin never stops it; a live callback keeps this handler alive.
+            self.ping_callback.stop()
+            self.ping_callback = None
+        self._release()
+
+    def close_going_away(self) -> None:
+        """Close with 1001 because the server is shutting down."""
+        self.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    def _release(self) -> None:
+        if self._subscriber is not None:
+            self.extension.broadcaster.unsubscribe(self._subscriber)
+            self._subscriber = None
+        if self._counted:
+            self.extension.connection_closed(self)
+            self._counted = False
+
+    def _send(self, frame: str) -> Any:
+        """Write a frame; returns the flush future, or raises if the socket is closed."""
+        future = self.write_message(frame)
+        future.add_done_callback(_retrieve)
+        return future
+
+
+def _retrieve(future: Any) -> None:
+    # A write to a socket that went away fails; the close path handles it.
+    if not future.cancelled():
+        future.exception()
+
+
+class StatusAPIHandler(_SysmonAuthMixin, APIHandler):
+    """``GET sysmon/api/status``: the latest sample, same shape as a status frame."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @web.authenticated
+    async def get(self) -> None:
+        await self._authorize_admin()
+        ext = self.extension
+        try:
+            metrics = parse_metrics(self.get_argument("metrics", ""), ext.metrics)
+        except ProtocolError as err:
+            raise web.HTTPError(400, err.message) from None
+        latest = ext.broadcaster.latest
+        if latest is None:
+            raise web.HTTPError(503, "no sample taken yet; try again in a moment")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(dumps(latest.subset(metrics).to_json()))

@@ -1,0 +1,358 @@
+"""The sysmon wire contract, protocol 1: message types and pure encode/decode.
+
+Both halves import this module: the server extension to build frames, the kernel-side
+client to read them. It does no I/O and imports nothing beyond the standard library.
+
+Server -> client frames are :class:`Hello`, :class:`History`, :class:`Status`,
+:class:`Subscribed` and :class:`Error`; the one client -> server message is
+:class:`Subscribe`. Every frame is a JSON object with a ``type`` field.
+
+Errors::
+
+    ProtocolError          a frame that does not follow the contract
+                           (``code`` says which rule; ``message`` is safe to show a peer)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+#: Every metric group the protocol knows, in display order.
+GROUPS: tuple[str, ...] = (
+    "cpu",
+    "memory",
+    "disk",
+    "network",
+    "processes",
+    "container",
+    "gpu",
+    "jupyter",
+)
+
+#: Client messages larger than this close the connection with 1009.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+# Close codes used by the server.
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_CREDENTIALS_EXPIRED = 4401
+CLOSE_NOT_ADMIN = 4403
+
+# Codes carried by ``error`` frames.
+ERR_BAD_JSON = "bad_json"
+ERR_BINARY = "binary_frame"
+ERR_NOT_OBJECT = "not_an_object"
+ERR_UNKNOWN_TYPE = "unknown_type"
+ERR_BAD_FIELD = "bad_field"
+ERR_UNKNOWN_METRIC = "unknown_metric"
+
+JSON = Any
+Group = dict[str, JSON]
+
+_STATUS_HEADER = ("type", "seq", "time", "host", "interval", "errors")
+
+
+class ProtocolError(ValueError):
+    """A frame or parameter that breaks the contract.
+
+    ``code`` is one of the ``ERR_*`` constants; ``message`` is fit to send to the peer.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def dumps(obj: JSON) -> str:
+    """Compact, strict JSON: NaN and infinities are refused, not written."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def parse_metrics(
+    value: str | Iterable[object], offered: Sequence[str] = GROUPS
+) -> tuple[str, ...]:
+    """Turn ``"cpu,memory"`` or ``["cpu", "memory"]`` into a tuple of known groups.
+
+    The result keeps the order of ``offered`` and has no duplicates. An empty value
+    means every offered group. Unknown or unoffered names raise :class:`ProtocolError`.
+    """
+    if isinstance(value, str):
+        names: list[object] = [part.strip() for part in value.split(",") if part.strip()]
+    else:
+        names = list(value)
+    if not names:
+        return tuple(offered)
+    unknown = [n for n in names if not isinstance(n, str) or n not in offered]
+    if unknown:
+        shown = ", ".join(repr(n) for n in unknown[:5])
+        raise ProtocolError(
+            ERR_UNKNOWN_METRIC,
+            f"unknown metric group(s) {shown}; this server offers: {', '.join(offered)}",
+        )
+    wanted = set(names)
+    return tuple(g for g in offered if g in wanted)
+
+
+def parse_history(value: str, limit: int) -> int:
+    """Parse the ``history`` query parameter: a non-negative integer, capped at ``limit``."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise ProtocolError(ERR_BAD_FIELD, "history must be a non-negative integer") from None
+    if count < 0:
+        raise ProtocolError(ERR_BAD_FIELD, "history must be a non-negative integer")
+    return min(count, limit)
+
+
+@dataclass(frozen=True)
+class Status:
+    """One sample of the machine: a group object per metric group that was sampled.
+
+    ``groups`` maps group name to its fields; ``errors`` maps a group name to the reason
+    it failed this tick (a failed group is absent from ``groups``).
+    """
+
+    TYPE: ClassVar[str] = "status"
+
+    seq: int
+    time: float
+    host: str
+    interval: float
+    groups: Mapping[str, Group] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+    def subset(self, metrics: Iterable[str]) -> Status:
+        """The same sample restricted to ``metrics`` (groups and errors alike)."""
+        wanted = set(metrics)
+        return Status(
+            seq=self.seq,
+            time=self.time,
+            host=self.host,
+            interval=self.interval,
+            groups={k: v for k, v in self.groups.items() if k in wanted},
+            errors={k: v for k, v in self.errors.items() if k in wanted},
+        )
+
+    def to_json(self) -> dict[str, JSON]:
+        obj: dict[str, JSON] = {
+            "type": self.TYPE,
+            "seq": self.seq,
+            "time": self.time,
+            "host": self.host,
+            "interval": self.interval,
+        }
+        obj.update(self.groups)
+        obj["errors"] = dict(self.errors)
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, JSON]) -> Status:
+        seq = _field(obj, "seq", int)
+        time = _number(obj, "time")
+        host = _field(obj, "host", str)
+        interval = _number(obj, "interval")
+        errors = obj.get("errors", {})
+        if not isinstance(errors, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in errors.items()
+        ):
+            raise ProtocolError(ERR_BAD_FIELD, "errors must map group names to strings")
+        groups: dict[str, Group] = {}
+        for key, value in obj.items():
+            if key in _STATUS_HEADER:
+                continue
+            if not isinstance(value, dict):
+                raise ProtocolError(ERR_BAD_FIELD, f"group {key!r} must be an object")
+            groups[key] = value
+        return cls(seq=seq, time=time, host=host, interval=interval, groups=groups, errors=errors)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The first frame on every connection: what the server offers and what was granted."""
+
+    TYPE: ClassVar[str] = "hello"
+
+    server: str
+    host: str
+    interval: float
+    metrics: tuple[str, ...]
+    subscribed: tuple[str, ...]
+    expires_at: float | None = None
+    protocol: int = PROTOCOL_VERSION
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "type": self.TYPE,
+            "protocol": self.protocol,
+            "server": self.server,
+            "host": self.host,
+            "interval": self.interval,
+            "metrics": list(self.metrics),
+            "subscribed": list(self.subscribed),
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, JSON]) -> Hello:
+        expires_at = obj.get("expires_at")
+        if expires_at is not None:
+            expires_at = _number(obj, "expires_at")
+        return cls(
+            protocol=_field(obj, "protocol", int),
+            server=_field(obj, "server", str),
+            host=_field(obj, "host", str),
+            interval=_number(obj, "interval"),
+            metrics=_names(obj, "metrics"),
+            subscribed=_names(obj, "subscribed"),
+            expires_at=expires_at,
+        )
+
+
+@dataclass(frozen=True)
+class History:
+    """Past samples, oldest first, sent after ``hello`` when the client asked for them."""
+
+    TYPE: ClassVar[str] = "history"
+
+    samples: tuple[Status, ...]
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "samples": [s.to_json() for s in self.samples]}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, JSON]) -> History:
+        samples = obj.get("samples")
+        if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
+            raise ProtocolError(ERR_BAD_FIELD, "samples must be a list of status objects")
+        return cls(samples=tuple(Status.from_json(s) for s in samples))
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """The server's answer to :class:`Subscribe`: the groups now streamed."""
+
+    TYPE: ClassVar[str] = "subscribed"
+
+    metrics: tuple[str, ...]
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "metrics": list(self.metrics)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, JSON]) -> Subscribed:
+        return cls(metrics=_names(obj, "metrics"))
+
+
+@dataclass(frozen=True)
+class Error:
+    """The answer to a client message the server ignored."""
+
+    TYPE: ClassVar[str] = "error"
+
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, JSON]) -> Error:
+        return cls(code=_field(obj, "code", str), message=_field(obj, "message", str))
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Client -> server: change the groups streamed on this connection."""
+
+    TYPE: ClassVar[str] = "subscribe"
+
+    metrics: tuple[str, ...]
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "metrics": list(self.metrics)}
+
+
+ServerMessage = Hello | History | Status | Subscribed | Error
+Message = ServerMessage | Subscribe
+
+_SERVER_TYPES: dict[str, Any] = {
+    cls.TYPE: cls for cls in (Hello, History, Status, Subscribed, Error)
+}
+
+
+def encode(message: Message) -> str:
+    """Serialize any message to the text of one frame."""
+    return dumps(message.to_json())
+
+
+def _load_object(text: str | bytes) -> dict[str, JSON]:
+    if isinstance(text, bytes):
+        raise ProtocolError(
+            ERR_BINARY, "binary frames are not part of the protocol; send JSON text"
+        )
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ERR_BAD_JSON, "frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ERR_NOT_OBJECT, "frame must be a JSON object with a 'type' field")
+    return obj
+
+
+def decode(text: str | bytes) -> ServerMessage:
+    """Parse a server frame (what a client receives). Raises :class:`ProtocolError`."""
+    obj = _load_object(text)
+    kind = obj.get("type")
+    cls = _SERVER_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(ERR_UNKNOWN_TYPE, f"unknown frame type {kind!r}")
+    result: ServerMessage = cls.from_json(obj)
+    return result
+
+
+def decode_client(text: str | bytes, offered: Sequence[str] = GROUPS) -> Subscribe:
+    """Parse a client message (what the server receives). Raises :class:`ProtocolError`.
+
+    ``offered`` is the set of groups this server streams; naming any other is refused.
+    """
+    obj = _load_object(text)
+    kind = obj.get("type")
+    if kind != Subscribe.TYPE:
+        raise ProtocolError(
+            ERR_UNKNOWN_TYPE, f"unknown message type {kind!r}; the only one accepted is 'subscribe'"
+        )
+    extra = set(obj) - {"type", "metrics"}
+    if extra:
+        raise ProtocolError(ERR_BAD_FIELD, f"unexpected field(s): {', '.join(sorted(extra))}")
+    metrics = obj.get("metrics")
+    if not isinstance(metrics, list):
+        raise ProtocolError(ERR_BAD_FIELD, "'metrics' must be a list of group names")
+    return Subscribe(metrics=parse_metrics(metrics, offered))
+
+
+def _field(obj: Mapping[str, JSON], name: str, kind: type) -> Any:
+    value = obj.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ProtocolError(ERR_BAD_FIELD, f"{name!r} must be {kind.__name__}")
+    return value
+
+
+def _number(obj: Mapping[str, JSON], name: str) -> float:
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(ERR_BAD_FIELD, f"{name!r} must be a number")
+    return float(value)
+
+
+def _names(obj: Mapping[str, JSON], name: str) -> tuple[str, ...]:
+    value = obj.get(name)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(ERR_BAD_FIELD, f"{name!r} must be a list of strings")
+    return tuple(value)

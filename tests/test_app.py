@@ -1,0 +1,180 @@
+"""SysmonExtension's configuration, and a real `jupyter server` process as installed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from traitlets import TraitError
+
+from jupyter_server_ext.app import SysmonExtension
+from sysmon_nb.protocol import GROUPS
+
+TOKEN = "sysmon-test-token"
+
+
+@pytest.mark.parametrize(
+    ("trait", "value", "message"),
+    [
+        ("interval", 0, "interval must be > 0"),
+        ("interval", -1.5, "interval must be > 0"),
+        ("history", -1, "history must be >= 0"),
+        ("top_processes", -3, "top_processes must be >= 0"),
+        ("max_connections", 0, "max_connections must be >= 1"),
+        ("client_buffer", 0, "client_buffer must be >= 1"),
+        ("metrics", ["cpu", "bogus"], "unknown metric group(s) 'bogus'"),
+    ],
+)
+def test_invalid_values_are_refused_with_a_clear_message(
+    trait: str, value: Any, message: str
+) -> None:
+    with pytest.raises(TraitError) as excinfo:
+        SysmonExtension(**{trait: value})
+    assert message in str(excinfo.value)
+
+
+def test_defaults_and_metric_order() -> None:
+    ext = SysmonExtension(metrics=["memory", "cpu", "memory"])
+    assert ext.metrics == ["cpu", "memory"]
+    assert SysmonExtension().metrics == list(GROUPS)
+    assert SysmonExtension().interval == 5.0
+    assert SysmonExtension().allow_owner is True  # no JupyterHub here
+
+
+def test_every_trait_has_help_and_is_configurable() -> None:
+    traits = SysmonExtension.class_own_traits(config=True)
+    expected = {
+        "interval", "history", "metrics", "top_processes", "compression", "admin_users",
+        "admin_groups", "admin_role", "allow_owner", "revalidate_interval",
+        "max_connections", "client_buffer",
+    }  # fmt: skip
+    assert expected <= set(traits)
+    assert all(traits[name].help for name in expected)
+
+
+# -- a real server process, configured only by what `pip install` put in place ---------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log_path = tmp / "server.log"
+        env = dict(os.environ)
+        for name in ("CONFIG", "RUNTIME", "DATA"):
+            env[f"JUPYTER_{name}_DIR"] = str(tmp / name.lower())
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
+                f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
+                "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
+                f"--ServerApp.root_dir={tmp}", *args,
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+        )  # fmt: skip
+        self.wait_ready()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/{path}", headers={"Authorization": f"token {TOKEN}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if self.get("api/status")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server did not start in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Server] = []
+
+    def start(*args: str) -> Server:
+        server = Server(tmp_path, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_installed_extension_streams_and_says_1001_on_sigterm(server_factory: Any) -> None:
+    server = server_factory("--SysmonExtension.interval=0.3")
+
+    async def watch() -> tuple[list[dict[str, Any]], int | None]:
+        url = f"ws://127.0.0.1:{server.port}/sysmon/ws?metrics=cpu,memory"
+        headers = {"Authorization": f"token {TOKEN}"}
+        frames = []
+        async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
+            for _ in range(3):
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                for _ in range(100):
+                    await asyncio.wait_for(ws.recv(), 10)
+            except websockets.ConnectionClosed as closed:
+                return frames, closed.rcvd.code if closed.rcvd else None
+        return frames, None
+
+    frames, code = asyncio.run(watch())
+    assert [f["type"] for f in frames] == ["hello", "status", "status"]
+    assert frames[0]["interval"] == 0.3
+    assert code == 1001
+    assert server.proc.wait(30) is not None
+
+
+@pytest.mark.timeout(120)
+def test_bad_config_disables_sysmon_loudly_and_the_server_keeps_serving(
+    server_factory: Any,
+) -> None:
+    server = server_factory("--SysmonExtension.metrics=cpu", "--SysmonExtension.metrics=bogus")
+    code, _ = server.get("sysmon/api/status")
+    assert code == 404
+    assert server.get("api/status")[0] == 200
+    log = server.log_path.read_text()
+    assert "sysmon is disabled by a configuration error" in log
+    assert "unknown metric group(s) 'bogus'" in log

@@ -1,0 +1,165 @@
+"""The container collector against cgroup v1 and v2 trees written to a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jupyter_server_ext.cgroup import ContainerCollector
+from jupyter_server_ext.errors import CollectorError
+
+GiB = 1 << 30
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def collector(tmp_path: Path, proc_cgroup: str) -> ContainerCollector:
+    (tmp_path / "proc_self_cgroup").write_text(proc_cgroup)
+    return ContainerCollector(tmp_path / "cg", tmp_path / "proc_self_cgroup")
+
+
+def test_v2_limits_of_own_cgroup(tmp_path: Path) -> None:
+    write(
+        tmp_path / "cg",
+        {
+            "cgroup.controllers": "cpu memory pids",
+            "kubepods/pod1/memory.max": "max",
+            "kubepods/pod1/cpu.max": "max 100000",
+            "kubepods/pod1/c1/memory.max": str(2 * GiB),
+            "kubepods/pod1/c1/memory.current": str(GiB),
+            "kubepods/pod1/c1/memory.stat": "anon 100\nfile 300\ninactive_file 268435456\n",
+            "kubepods/pod1/c1/cpu.max": "150000 100000",
+        },
+    )
+    result = collector(tmp_path, "0::/kubepods/pod1/c1\n").collect(0.0)
+    assert result == {
+        "cgroup": 2,
+        "memory_limit_bytes": 2 * GiB,
+        "memory_used_bytes": GiB - 268435456,
+        "cpu_limit_cores": 1.5,
+    }
+
+
+def test_v2_tighter_limit_on_an_ancestor_wins(tmp_path: Path) -> None:
+    write(
+        tmp_path / "cg",
+        {
+            "cgroup.controllers": "cpu memory",
+            "user.slice/memory.max": str(GiB),
+            "user.slice/cpu.max": "50000 100000",
+            "user.slice/jupyter/memory.max": "max",
+            "user.slice/jupyter/cpu.max": "max 100000",
+            "user.slice/jupyter/memory.current": "1000",
+        },
+    )
+    result = collector(tmp_path, "0::/user.slice/jupyter\n").collect(0.0)
+    assert result["memory_limit_bytes"] == GiB
+    assert result["cpu_limit_cores"] == 0.5
+    assert result["memory_used_bytes"] == 1000
+
+
+def test_v2_unlimited_is_null(tmp_path: Path) -> None:
+    write(
+        tmp_path / "cg",
+        {
+            "cgroup.controllers": "cpu memory",
+            "a/memory.max": "max",
+            "a/cpu.max": "max 100000",
+            "a/memory.current": "4096",
+            "a/memory.stat": "inactive_file 0\n",
+        },
+    )
+    result = collector(tmp_path, "0::/a\n").collect(0.0)
+    assert result["memory_limit_bytes"] is None
+    assert result["cpu_limit_cores"] is None
+    assert result["memory_used_bytes"] == 4096
+
+
+def test_v2_namespaced_cgroup_reads_the_root(tmp_path: Path) -> None:
+    # inside a container with its own cgroup namespace, the path is not visible:
+    # the mount's root is our cgroup, and it has no memory.current of its own
+    write(tmp_path / "cg", {"cgroup.controllers": "cpu memory", "cpu.max": "200000 100000"})
+    result = collector(tmp_path, "0::/../../host/path\n").collect(0.0)
+    assert result["cgroup"] == 2
+    assert result["cpu_limit_cores"] == 2.0
+    assert result["memory_used_bytes"] is None
+
+
+def test_v2_missing_memory_current_is_a_collector_error(tmp_path: Path) -> None:
+    write(tmp_path / "cg", {"cgroup.controllers": "memory", "a/memory.max": "max"})
+    with pytest.raises(CollectorError, match=r"memory\.current"):
+        collector(tmp_path, "0::/a\n").collect(0.0)
+
+
+def test_v1_hybrid_layout_like_this_machine(tmp_path: Path) -> None:
+    unlimited = "9223372036854771712"
+    write(
+        tmp_path / "cg",
+        {
+            "unified/cgroup.procs": "",  # the hybrid layout's empty v2 mount
+            "memory/memory.limit_in_bytes": unlimited,
+            "memory/docker/abc/memory.limit_in_bytes": str(4 * GiB),
+            "memory/docker/abc/memory.usage_in_bytes": str(GiB),
+            "memory/docker/abc/memory.stat": (
+                f"cache 5\nhierarchical_memory_limit {3 * GiB}\ntotal_inactive_file 1024\n"
+            ),
+            "cpu/cpu.cfs_quota_us": "-1",
+            "cpu/cpu.cfs_period_us": "100000",
+            "cpu/docker/abc/cpu.cfs_quota_us": "250000",
+            "cpu/docker/abc/cpu.cfs_period_us": "100000",
+        },
+    )
+    result = collector(tmp_path, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n").collect(
+        0.0
+    )
+    assert result == {
+        "cgroup": 1,
+        "memory_limit_bytes": 3 * GiB,  # the hierarchical limit is the effective one
+        "memory_used_bytes": GiB - 1024,
+        "cpu_limit_cores": 2.5,
+    }
+
+
+def test_v1_unlimited_is_null(tmp_path: Path) -> None:
+    write(
+        tmp_path / "cg",
+        {
+            "memory/memory.limit_in_bytes": "9223372036854771712",
+            "memory/memory.usage_in_bytes": "123456",
+            "cpu/cpu.cfs_quota_us": "-1",
+            "cpu/cpu.cfs_period_us": "100000",
+        },
+    )
+    result = collector(tmp_path, "4:memory:/\n1:cpu:/\n").collect(0.0)
+    assert result["memory_limit_bytes"] is None
+    assert result["cpu_limit_cores"] is None
+    assert result["memory_used_bytes"] == 123456
+
+
+def test_v1_missing_usage_is_a_collector_error(tmp_path: Path) -> None:
+    write(tmp_path / "cg", {"memory/memory.limit_in_bytes": "1000"})
+    with pytest.raises(CollectorError, match=r"memory\.usage_in_bytes"):
+        collector(tmp_path, "4:memory:/\n").collect(0.0)
+
+
+def test_no_cgroup_filesystem_is_all_null(tmp_path: Path) -> None:
+    (tmp_path / "cg").mkdir()
+    result = collector(tmp_path, "").collect(0.0)
+    assert result == {
+        "cgroup": None,
+        "memory_limit_bytes": None,
+        "memory_used_bytes": None,
+        "cpu_limit_cores": None,
+    }
+
+
+def test_this_machine() -> None:
+    result = ContainerCollector().collect(0.0)
+    assert result["cgroup"] in (1, 2, None)
+    assert set(result) == {"cgroup", "memory_limit_bytes", "memory_used_bytes", "cpu_limit_cores"}

@@ -1,0 +1,376 @@
+"""The psutil collectors against recorded readings (tests/fixtures/psutil_linux.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import namedtuple
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from jupyter_server_ext.collectors import (
+    CpuCollector,
+    DiskCollector,
+    JupyterCollector,
+    JupyterCounts,
+    KernelRef,
+    MemoryCollector,
+    NetworkCollector,
+    ProcessesCollector,
+    ProcessTable,
+)
+from jupyter_server_ext.errors import CollectorError
+
+RECORDED = json.loads((Path(__file__).parent / "fixtures" / "psutil_linux.json").read_text())
+
+
+def _nt(name: str, values: dict[str, Any]) -> Any:
+    return namedtuple(name, list(values))(**values)
+
+
+class FakePsutil:
+    """psutil's module functions serving recorded readings; ``advance`` moves to the
+    next reading. Process objects come from ``processes`` ({pid: FakeProcess})."""
+
+    NoSuchProcess = psutil.NoSuchProcess
+    ZombieProcess = psutil.ZombieProcess
+    AccessDenied = psutil.AccessDenied
+
+    def __init__(self, readings: list[dict[str, Any]] | None = None) -> None:
+        self.readings = [dict(r) for r in (readings or RECORDED["readings"])]
+        self.index = 0
+        self.processes: dict[int, FakeProcess] = {}
+
+    @property
+    def now(self) -> dict[str, Any]:
+        return self.readings[self.index]
+
+    def advance(self) -> None:
+        self.index += 1
+
+    def cpu_times(self, percpu: bool = False) -> list[Any]:
+        assert percpu
+        return [_nt("scputimes", t) for t in self.now["cpu_times_percpu"]]
+
+    def cpu_count(self) -> int:
+        return int(self.now["cpu_count"])
+
+    def getloadavg(self) -> tuple[float, float, float]:
+        a, b, c = self.now["getloadavg"]
+        return a, b, c
+
+    def virtual_memory(self) -> Any:
+        return _nt("svmem", self.now["virtual_memory"])
+
+    def swap_memory(self) -> Any:
+        return _nt("sswap", self.now["swap_memory"])
+
+    def disk_io_counters(self, perdisk: bool = False) -> Any:
+        io = self.now["disk_io_counters"]
+        return None if io is None else _nt("sdiskio", io)
+
+    def disk_partitions(self, all: bool = False) -> list[Any]:
+        return [_nt("sdiskpart", p) for p in self.now["disk_partitions"]]
+
+    def disk_usage(self, path: str) -> Any:
+        usage = self.now["disk_usage"].get(path)
+        if usage is None:
+            raise PermissionError(13, "Permission denied", path)
+        return _nt("sdiskusage", usage)
+
+    def net_io_counters(self, pernic: bool = False) -> dict[str, Any]:
+        return {k: _nt("snetio", v) for k, v in self.now["net_io_counters_pernic"].items()}
+
+    def pids(self) -> list[int]:
+        return list(self.processes) or list(self.now["pids"])
+
+    def Process(self, pid: int) -> FakeProcess:
+        try:
+            return self.processes[pid]
+        except KeyError:
+            raise psutil.NoSuchProcess(pid) from None
+
+
+class FakeProcess:
+    def __init__(self, pid: int, name: str, cpu: list[float], rss: int, user: str = "u"):
+        self.pid, self._name, self._cpu, self._rss, self._user = pid, name, list(cpu), rss, user
+        self.gone = False
+        self.denied = False
+        self.reads = 0
+
+    @contextmanager
+    def oneshot(self) -> Any:
+        yield
+
+    def _check(self) -> None:
+        if self.gone:
+            raise psutil.NoSuchProcess(self.pid)
+        if self.denied:
+            raise psutil.AccessDenied(self.pid)
+
+    def name(self) -> str:
+        self._check()
+        self.reads += 1
+        return self._name
+
+    def username(self) -> str:
+        self._check()
+        return self._user
+
+    def cpu_percent(self, interval: float | None = None) -> float:
+        self._check()
+        return self._cpu.pop(0) if self._cpu else 0.0
+
+    def memory_info(self) -> Any:
+        self._check()
+        return _nt("pmem", {"rss": self._rss, "vms": self._rss * 2})
+
+
+# -- cpu ------------------------------------------------------------------------------
+
+
+def test_cpu_first_tick_is_null_then_percent_from_deltas() -> None:
+    ps = FakePsutil()
+    cpu = CpuCollector(ps)
+    first = cpu.collect(0.0)
+    assert first["percent"] is None and first["per_cpu"] is None
+    assert first["count"] == 2
+    ps.advance()
+    second = cpu.collect(1.0)
+    # the recording spun one core for a second: roughly half of two cores busy
+    assert 30.0 <= second["percent"] <= 100.0
+    assert len(second["per_cpu"]) == 2
+    assert all(0.0 <= p <= 100.0 for p in second["per_cpu"])
+    assert second["load_1m"] == round(RECORDED["readings"][1]["getloadavg"][0], 2)
+
+
+def test_cpu_counter_going_backwards_is_null_not_negative() -> None:
+    a, b = RECORDED["readings"]
+    ps = FakePsutil([b, a])  # time runs backwards: a reset
+    cpu = CpuCollector(ps)
+    cpu.collect(0.0)
+    ps.advance()
+    result = cpu.collect(1.0)
+    assert result["percent"] is None
+    assert result["per_cpu"] == [None, None]
+
+
+def test_cpu_core_count_change_restarts_rates() -> None:
+    a, b = RECORDED["readings"]
+    b = dict(b, cpu_times_percpu=b["cpu_times_percpu"][:1])
+    ps = FakePsutil([a, b])
+    cpu = CpuCollector(ps)
+    cpu.collect(0.0)
+    ps.advance()
+    assert cpu.collect(1.0)["per_cpu"] is None
+
+
+# -- memory ---------------------------------------------------------------------------
+
+
+def test_memory_fields_and_units() -> None:
+    ps = FakePsutil()
+    result = MemoryCollector(ps).collect(0.0)
+    vm = RECORDED["readings"][0]["virtual_memory"]
+    assert result["total_bytes"] == vm["total"]
+    assert result["available_bytes"] == vm["available"]
+    assert result["used_bytes"] == vm["total"] - vm["available"]
+    assert result["percent"] == round(100 * result["used_bytes"] / vm["total"], 1)
+    assert result["swap_total_bytes"] == 0 and result["swap_percent"] == 0.0
+
+
+# -- disk -----------------------------------------------------------------------------
+
+
+def test_disk_rates_from_recorded_io_and_mounts() -> None:
+    ps = FakePsutil()
+    disk = DiskCollector(ps)
+    first = disk.collect(10.0)
+    assert first["write_bytes_per_s"] is None and first["read_ops_per_s"] is None
+    assert [m["path"] for m in first["mounts"]] == ["/"]
+    assert first["mounts"][0]["total_bytes"] > 0
+    ps.advance()
+    second = disk.collect(12.0)  # 2 s later on the monotonic clock
+    a, b = (r["disk_io_counters"] for r in RECORDED["readings"])
+    assert second["write_bytes_per_s"] == round((b["write_bytes"] - a["write_bytes"]) / 2, 1)
+    assert second["write_bytes_per_s"] >= 50 * 2**20 / 2  # the recording wrote 50 MiB
+    assert second["write_ops_per_s"] == round((b["write_count"] - a["write_count"]) / 2, 1)
+
+
+def test_disk_counter_reset_is_null_and_recovers() -> None:
+    a, b = RECORDED["readings"]
+    ps = FakePsutil([b, a, b])
+    disk = DiskCollector(ps)
+    disk.collect(0.0)
+    ps.advance()
+    assert disk.collect(1.0)["write_bytes_per_s"] is None
+    ps.advance()
+    assert disk.collect(2.0)["write_bytes_per_s"] is not None
+
+
+def test_disk_without_block_devices_and_with_unreadable_mount() -> None:
+    reading = dict(RECORDED["readings"][0])
+    reading["disk_io_counters"] = None
+    reading["disk_partitions"] = [
+        {"device": "/dev/a", "mountpoint": "/", "fstype": "ext4", "opts": "rw"},
+        {"device": "/dev/a", "mountpoint": "/var/lib/x", "fstype": "ext4", "opts": "rw"},
+        {"device": "/dev/b", "mountpoint": "/secret", "fstype": "xfs", "opts": "rw"},
+    ]
+    ps = FakePsutil([reading, reading])
+    disk = DiskCollector(ps)
+    disk.collect(0.0)
+    ps.advance()
+    result = disk.collect(1.0)
+    assert result["read_bytes_per_s"] is None  # no disks: unknown, never 0
+    # /dev/a once at its shortest path; /secret unreadable, left out
+    assert [m["path"] for m in result["mounts"]] == ["/"]
+
+
+# -- network --------------------------------------------------------------------------
+
+
+def test_network_rates_exclude_loopback() -> None:
+    a, b = RECORDED["readings"]
+    b = json.loads(json.dumps(b))
+    b["net_io_counters_pernic"]["lo"]["bytes_recv"] += 10**9  # must not count
+    ps = FakePsutil([a, b])
+    net = NetworkCollector(ps)
+    assert net.collect(0.0)["recv_bytes_per_s"] is None
+    ps.advance()
+    result = net.collect(1.0)
+    expected = sum(
+        b["net_io_counters_pernic"][nic]["bytes_recv"]
+        - a["net_io_counters_pernic"][nic]["bytes_recv"]
+        for nic in a["net_io_counters_pernic"]
+        if nic != "lo"
+    )
+    assert result["recv_bytes_per_s"] == float(expected)
+    assert result["recv_bytes_per_s"] > 0
+
+
+def test_network_interface_reset_or_new_is_left_out_of_the_sum() -> None:
+    a, b = RECORDED["readings"]
+    b = json.loads(json.dumps(b))
+    b["net_io_counters_pernic"]["eth0"]["bytes_sent"] = 0  # reset
+    b["net_io_counters_pernic"]["veth9"] = dict(
+        b["net_io_counters_pernic"]["eth0"], bytes_sent=10**9
+    )
+    ps = FakePsutil([a, b])
+    net = NetworkCollector(ps)
+    net.collect(0.0)
+    ps.advance()
+    result = net.collect(1.0)
+    others = sum(
+        b["net_io_counters_pernic"][n]["bytes_sent"] - a["net_io_counters_pernic"][n]["bytes_sent"]
+        for n in ("ifb0", "ifb1")
+    )
+    assert result["sent_bytes_per_s"] == float(others)
+    assert result["sent_bytes_per_s"] >= 0
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+def make_processes(ps: FakePsutil) -> None:
+    ps.processes = {
+        1: FakeProcess(1, "init", [0.0, 0.1], 10_000_000),
+        2: FakeProcess(2, "python", [0.0, 180.0], 50_000_000),
+        3: FakeProcess(3, "postgres", [0.0, 20.0], 900_000_000),
+        4: FakeProcess(4, "secret", [0.0, 99.0], 1),
+    }
+    ps.processes[4].denied = True
+
+
+def test_processes_top_lists_after_priming() -> None:
+    ps = FakePsutil()
+    make_processes(ps)
+    collector = ProcessesCollector(top_n=2, ps=ps)
+    first = collector.collect(0.0)
+    assert first["count"] == 4
+    assert first["top_cpu"] == []  # first reading of every process is unknown
+    assert [p["pid"] for p in first["top_memory"]] == [3, 2]
+    second = collector.collect(1.0)
+    assert [(p["name"], p["cpu_percent"]) for p in second["top_cpu"]] == [
+        ("python", 180.0),
+        ("postgres", 20.0),
+    ]
+    assert second["top_cpu"][0] == {
+        "pid": 2,
+        "name": "python",
+        "user": "u",
+        "cpu_percent": 180.0,
+        "rss_bytes": 50_000_000,
+    }
+    # name is read once per process, not every tick
+    assert ps.processes[2].reads == 1
+
+
+def test_processes_vanishing_mid_walk_are_skipped() -> None:
+    ps = FakePsutil()
+    make_processes(ps)
+    collector = ProcessesCollector(top_n=5, ps=ps)
+    collector.collect(0.0)
+    ps.processes[2].gone = True
+    result = collector.collect(1.0)
+    assert 2 not in [p["pid"] for p in result["top_memory"]]
+    assert result["count"] == 4  # still listed by pids(), gone by the time it was read
+
+
+def test_processes_count_only_when_top_is_zero() -> None:
+    ps = FakePsutil()
+    make_processes(ps)
+    result = ProcessesCollector(top_n=0, ps=ps).collect(0.0)
+    assert result == {"count": 4, "top_cpu": [], "top_memory": []}
+    assert all(p.reads == 0 for p in ps.processes.values())
+
+
+def test_process_table_forgets_exited_pids() -> None:
+    ps = FakePsutil()
+    make_processes(ps)
+    table = ProcessTable(ps)
+    table.read([1, 2, 3])
+    table.read([1])
+    assert set(table._tracked) == {1}
+
+
+def test_processes_against_this_machine() -> None:
+    collector = ProcessesCollector(top_n=3)
+    collector.collect(0.0)
+    result = collector.collect(1.0)
+    assert result["count"] >= 1
+    assert os.getpid() in psutil.pids()
+    assert len(result["top_memory"]) == 3
+    assert all(p["rss_bytes"] >= 0 for p in result["top_memory"])
+
+
+# -- jupyter --------------------------------------------------------------------------
+
+
+def test_jupyter_kernel_usage_from_pids() -> None:
+    ps = FakePsutil()
+    ps.processes = {42: FakeProcess(42, "python", [0.0, 12.5], 80_000_000)}
+    counts = JupyterCounts(
+        kernels=(KernelRef("k1", "python3", 42), KernelRef("k2", "remote", None)),
+        terminals=2,
+        sessions=1,
+    )
+    collector = JupyterCollector(lambda: counts, ps=ps)
+    collector.collect(0.0)
+    result = collector.collect(1.0)
+    assert result["kernels"] == 2 and result["terminals"] == 2 and result["sessions"] == 1
+    assert result["kernel_usage"] == [
+        {"id": "k1", "name": "python3", "pid": 42, "cpu_percent": 12.5, "rss_bytes": 80_000_000},
+        {"id": "k2", "name": "remote", "pid": None, "cpu_percent": None, "rss_bytes": None},
+    ]
+
+
+def test_jupyter_server_not_answering_is_a_collector_error() -> None:
+    def slow() -> JupyterCounts:
+        raise TimeoutError
+
+    with pytest.raises(CollectorError, match="did not answer"):
+        JupyterCollector(slow, ps=FakePsutil()).collect(0.0)

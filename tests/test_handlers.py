@@ -1,0 +1,311 @@
+"""sysmon/ws and sysmon/api/status through a real jupyter_server and real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import pytest
+import websockets
+from tornado.httpclient import HTTPClientError
+
+from jupyter_server_ext.errors import CollectorError
+from sysmon_nb import __version__
+from sysmon_nb.protocol import GROUPS, PROTOCOL_VERSION, Status, decode
+
+from .conftest import TEST_INTERVAL, recv_json, recv_type
+
+HEADER_KEYS = {"type", "seq", "time", "host", "interval", "errors"}
+
+
+async def assert_still_serving(connect: Any) -> None:
+    """A fresh admin client still gets hello and a status frame."""
+    async with connect("metrics=cpu") as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        status = await recv_type(ws, "status")
+        assert "cpu" in status
+
+
+def refusal(excinfo: pytest.ExceptionInfo[Any]) -> tuple[int, dict[str, Any]]:
+    """Status code and JSON body of a refused upgrade."""
+    response = excinfo.value.response
+    return response.status_code, json.loads(response.body)
+
+
+# -- the stream -----------------------------------------------------------------------
+
+
+async def test_hello_is_first_and_describes_the_server(connect: Any, sysmon: Any) -> None:
+    async with connect() as ws:
+        hello = await recv_json(ws)
+    assert hello["type"] == "hello"
+    assert hello["protocol"] == PROTOCOL_VERSION
+    assert hello["server"] == __version__
+    assert hello["host"] == sysmon.host
+    assert hello["interval"] == TEST_INTERVAL
+    assert hello["metrics"] == list(GROUPS)
+    assert hello["subscribed"] == list(GROUPS)
+    assert hello["expires_at"] is None
+
+
+async def test_status_frames_arrive_at_the_interval_with_every_group(connect: Any) -> None:
+    async with connect() as ws:
+        await recv_json(ws)  # hello
+        frames = [await recv_type(ws, "status") for _ in range(4)]
+    seqs = [f["seq"] for f in frames]
+    assert seqs == list(range(seqs[0], seqs[0] + 4))
+    gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(frames)]
+    assert all(0.5 * TEST_INTERVAL < gap < 6 * TEST_INTERVAL for gap in gaps), gaps
+    last = frames[-1]
+    assert last["errors"] == {}
+    assert set(last) == HEADER_KEYS | set(GROUPS)
+    # Values are real readings of this machine, in the units the contract names.
+    assert last["memory"]["total_bytes"] > 0
+    assert 0 <= last["cpu"]["percent"] <= 100
+    assert last["cpu"]["count"] >= 1
+    assert last["processes"]["count"] > 1
+    assert isinstance(decode(json.dumps(last)), Status)
+
+
+async def test_history_on_connect_is_oldest_first_then_live(connect: Any, sysmon: Any) -> None:
+    for _ in range(100):  # wait (bounded) until the ring holds a few samples
+        if sysmon.broadcaster.published >= 4:
+            break
+        await asyncio.sleep(0.05)
+    async with connect("history=3&metrics=memory") as ws:
+        hello = await recv_json(ws)
+        history = await recv_json(ws)
+        live = await recv_type(ws, "status")
+    assert hello["subscribed"] == ["memory"]
+    assert history["type"] == "history"
+    samples = history["samples"]
+    assert len(samples) == 3
+    seqs = [s["seq"] for s in samples]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert all(set(s) == HEADER_KEYS | {"memory"} for s in samples)
+    assert live["seq"] > seqs[-1]
+
+
+async def test_history_larger_than_kept_is_capped(connect: Any, sysmon: Any) -> None:
+    async with connect("history=100000") as ws:
+        await recv_json(ws)
+        history = await recv_json(ws)
+    assert history["type"] == "history"
+    assert len(history["samples"]) <= sysmon.history
+
+
+async def test_selective_subscription_and_subscribe_message(connect: Any) -> None:
+    async with connect("metrics=memory,cpu") as ws:
+        hello = await recv_json(ws)
+        assert hello["subscribed"] == ["cpu", "memory"]
+        status = await recv_type(ws, "status")
+        assert set(status) == HEADER_KEYS | {"cpu", "memory"}
+
+        await ws.send(json.dumps({"type": "subscribe", "metrics": ["disk", "network"]}))
+        answer = await recv_type(ws, "subscribed")
+        assert answer["metrics"] == ["disk", "network"]
+        status = await recv_type(ws, "status")
+        assert set(status) == HEADER_KEYS | {"disk", "network"}
+
+
+async def test_two_clients_with_the_same_subscription_get_identical_frames(
+    connect: Any,
+) -> None:
+    async with connect("metrics=memory") as a, connect("metrics=memory") as b:
+        await recv_json(a)
+        await recv_json(b)
+        frames_a = {f["seq"]: f for f in [await recv_type(a, "status") for _ in range(4)]}
+        frames_b = {f["seq"]: f for f in [await recv_type(b, "status") for _ in range(4)]}
+    common = set(frames_a) & set(frames_b)
+    assert len(common) >= 2
+    assert all(frames_a[seq] == frames_b[seq] for seq in common)
+
+
+async def test_jupyter_group_counts_a_real_kernel(connect: Any, jp_fetch: Any) -> None:
+    reply = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kernel_id = json.loads(reply.body)["id"]
+    try:
+        async with connect("metrics=jupyter") as ws:
+            await recv_json(ws)
+            for _ in range(40):
+                jupyter = (await recv_type(ws, "status"))["jupyter"]
+                usage = jupyter["kernel_usage"]
+                if usage and usage[0]["cpu_percent"] is not None:
+                    break
+        assert jupyter["kernels"] == 1
+        assert usage[0]["id"] == kernel_id
+        assert usage[0]["pid"] > 0
+        assert usage[0]["rss_bytes"] > 1_000_000
+    finally:
+        await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+
+
+# -- refusals before the upgrade ------------------------------------------------------
+
+
+async def test_no_credentials_is_403_and_others_keep_streaming(connect: Any) -> None:
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        async with connect(headers={}):
+            pass
+    assert excinfo.value.response.status_code == 403
+    await assert_still_serving(connect)
+
+
+async def test_wrong_token_is_403(connect: Any) -> None:
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        async with connect(headers={"Authorization": "token not-the-token"}):
+            pass
+    assert excinfo.value.response.status_code == 403
+    await assert_still_serving(connect)
+
+
+@pytest.mark.parametrize("sysmon_config", [{"allow_owner": False}], indirect=True)
+async def test_non_admin_is_403_with_a_json_reason(connect: Any, jp_fetch: Any) -> None:
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        async with connect():
+            pass
+    code, body = refusal(excinfo)
+    assert code == 403
+    assert "not an administrator" in body["message"]
+
+    with pytest.raises(HTTPClientError) as http_err:
+        await jp_fetch("sysmon", "api", "status")
+    assert http_err.value.code == 403
+    assert "not an administrator" in json.loads(http_err.value.response.body)["message"]
+
+
+@pytest.mark.parametrize("query", ["metrics=cpu,bogus", "history=-1", "history=lots"])
+async def test_bad_query_is_400_with_a_json_reason(connect: Any, query: str) -> None:
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        async with connect(query):
+            pass
+    code, body = refusal(excinfo)
+    assert code == 400
+    assert body["message"]
+    await assert_still_serving(connect)
+
+
+@pytest.mark.parametrize("sysmon_config", [{"max_connections": 2}], indirect=True)
+async def test_max_connections_is_503_and_frees_up(connect: Any, sysmon: Any) -> None:
+    async with connect() as a, connect() as b:
+        await recv_json(a)
+        await recv_json(b)
+        with pytest.raises(websockets.InvalidStatus) as excinfo:
+            async with connect():
+                pass
+        code, body = refusal(excinfo)
+        assert code == 503
+        assert "too many" in body["message"]
+        # the two admitted clients are unaffected
+        await recv_type(a, "status")
+        await recv_type(b, "status")
+    for _ in range(100):
+        if not sysmon.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert not sysmon.connections
+    await assert_still_serving(connect)
+
+
+# -- bad client messages ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("not json", "bad_json"),
+        (b"\x00\x01binary", "binary_frame"),
+        ("[1, 2]", "not_an_object"),
+        (json.dumps({"type": "shutdown"}), "unknown_type"),
+        (json.dumps({"type": "subscribe"}), "bad_field"),
+        (json.dumps({"type": "subscribe", "metrics": "cpu"}), "bad_field"),
+        (json.dumps({"type": "subscribe", "metrics": ["cpu"], "x": 1}), "bad_field"),
+        (json.dumps({"type": "subscribe", "metrics": ["nope"]}), "unknown_metric"),
+    ],
+)
+async def test_malformed_message_gets_error_frame_and_stream_goes_on(
+    connect: Any, message: str | bytes, code: str
+) -> None:
+    async with connect("metrics=cpu") as ws:
+        await recv_json(ws)
+        await ws.send(message)
+        error = await recv_type(ws, "error")
+        assert error["code"] == code
+        assert error["message"] and "Traceback" not in error["message"]
+        status = await recv_type(ws, "status")
+        assert set(status) == HEADER_KEYS | {"cpu"}  # subscription unchanged
+
+
+async def test_oversized_message_closes_1009_and_spares_others(connect: Any) -> None:
+    async with connect("metrics=cpu") as bystander, connect() as ws:
+        await recv_json(bystander)
+        await recv_json(ws)
+        await ws.send(json.dumps({"type": "subscribe", "metrics": ["cpu"] * 20000}))
+        with pytest.raises(websockets.ConnectionClosed) as excinfo:
+            for _ in range(50):
+                await recv_json(ws)
+        assert excinfo.value.rcvd is not None and excinfo.value.rcvd.code == 1009
+        await recv_type(bystander, "status")
+
+
+# -- failures and shutdown -------------------------------------------------------------
+
+
+class _Broken:
+    name = "gpu"
+
+    def collect(self, now: float) -> dict[str, Any]:
+        raise CollectorError("NVML error on GPU: GPU is lost")
+
+
+async def test_failing_collector_is_reported_and_others_publish(connect: Any, sysmon: Any) -> None:
+    collectors = sysmon.sampler.collectors
+    index = next(i for i, c in enumerate(collectors) if c.name == "gpu")
+    collectors[index] = _Broken()
+    async with connect("metrics=gpu,memory") as ws:
+        await recv_json(ws)
+        for _ in range(10):
+            status = await recv_type(ws, "status")
+            if status["errors"]:
+                break
+    assert status["errors"] == {"gpu": "NVML error on GPU: GPU is lost"}
+    assert "gpu" not in status
+    assert status["memory"]["total_bytes"] > 0
+    assert sysmon.sampler.running
+
+
+async def test_status_api_returns_latest_sample(jp_fetch: Any, sysmon: Any) -> None:
+    for _ in range(100):
+        if sysmon.broadcaster.latest is not None:
+            break
+        await asyncio.sleep(0.05)
+    reply = await jp_fetch("sysmon", "api", "status", params={"metrics": "memory,cpu"})
+    body = json.loads(reply.body)
+    assert body["type"] == "status"
+    assert set(body) == HEADER_KEYS | {"cpu", "memory"}
+    assert reply.headers["Content-Type"].startswith("application/json")
+
+
+async def test_status_api_without_credentials_is_403(jp_fetch: Any, sysmon: Any) -> None:
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("sysmon", "api", "status", headers={"Authorization": ""})
+    assert err.value.code == 403
+
+
+async def test_shutdown_closes_every_socket_with_1001(
+    connect: Any, sysmon: Any, jp_serverapp: Any
+) -> None:
+    async with connect() as a, connect("metrics=cpu") as b:
+        await recv_json(a)
+        await recv_json(b)
+        await jp_serverapp._cleanup()
+        for ws in (a, b):
+            with pytest.raises(websockets.ConnectionClosed) as excinfo:
+                for _ in range(50):
+                    await recv_json(ws)
+            assert excinfo.value.rcvd is not None
+            assert excinfo.value.rcvd.code == 1001
+    assert not sysmon.sampler.running
+    assert not sysmon.connections

@@ -1,0 +1,160 @@
+"""The wire contract: round trips and every rejection, no server needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sysmon_nb.protocol import (
+    GROUPS,
+    Error,
+    Hello,
+    History,
+    ProtocolError,
+    Status,
+    Subscribe,
+    Subscribed,
+    decode,
+    decode_client,
+    dumps,
+    encode,
+    parse_history,
+    parse_metrics,
+)
+
+SAMPLE = Status(
+    seq=7,
+    time=1_700_000_000.5,
+    host="node-1",
+    interval=5.0,
+    groups={
+        "cpu": {"percent": 12.5, "per_cpu": [10.0, 15.0], "count": 2},
+        "memory": {"total_bytes": 1024, "available_bytes": 512},
+        "network": {"recv_bytes_per_s": None},
+    },
+    errors={"gpu": "NVML error on GPU: GPU is lost"},
+)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Hello(server="0.1.0", host="h", interval=5.0, metrics=GROUPS, subscribed=("cpu",)),
+        Hello(
+            server="0.1.0",
+            host="h",
+            interval=1.0,
+            metrics=("cpu",),
+            subscribed=("cpu",),
+            expires_at=1_800_000_000.0,
+        ),
+        SAMPLE,
+        History(samples=(SAMPLE, SAMPLE.subset(["cpu"]))),
+        History(samples=()),
+        Subscribed(metrics=("cpu", "memory")),
+        Error(code="bad_json", message="frame is not valid JSON"),
+    ],
+)
+def test_server_messages_round_trip(message: object) -> None:
+    text = encode(message)  # type: ignore[arg-type]
+    assert decode(text) == message
+    assert json.loads(text)["type"] == type(message).TYPE  # type: ignore[attr-defined]
+
+
+def test_status_frame_is_flat_with_groups_beside_the_header() -> None:
+    obj = json.loads(encode(SAMPLE))
+    assert obj["type"] == "status"
+    assert obj["cpu"]["per_cpu"] == [10.0, 15.0]
+    assert obj["network"]["recv_bytes_per_s"] is None
+    assert obj["errors"] == {"gpu": "NVML error on GPU: GPU is lost"}
+
+
+def test_subset_keeps_only_the_named_groups_and_their_errors() -> None:
+    sub = SAMPLE.subset(["memory", "gpu"])
+    assert set(sub.groups) == {"memory"}
+    assert sub.errors == {"gpu": "NVML error on GPU: GPU is lost"}
+    assert (sub.seq, sub.time, sub.host) == (SAMPLE.seq, SAMPLE.time, SAMPLE.host)
+
+
+def test_dumps_refuses_nan() -> None:
+    with pytest.raises(ValueError):
+        dumps({"x": float("nan")})
+
+
+def test_client_subscribe_round_trip() -> None:
+    message = decode_client(encode(Subscribe(metrics=("memory", "cpu"))))
+    assert message == Subscribe(metrics=("cpu", "memory"))  # protocol order, deduplicated
+
+
+def test_empty_subscription_means_every_offered_group() -> None:
+    assert decode_client('{"type":"subscribe","metrics":[]}', ("cpu", "disk")).metrics == (
+        "cpu",
+        "disk",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (b"{}", "binary_frame"),
+        ("{", "bad_json"),
+        ("", "bad_json"),
+        ("[" * 100_000, "bad_json"),
+        ("42", "not_an_object"),
+        ('"subscribe"', "not_an_object"),
+        ("{}", "unknown_type"),
+        ('{"type": "status"}', "unknown_type"),
+        ('{"type": 3}', "unknown_type"),
+        ('{"type": "subscribe"}', "bad_field"),
+        ('{"type": "subscribe", "metrics": "cpu"}', "bad_field"),
+        ('{"type": "subscribe", "metrics": ["cpu"], "extra": 1}', "bad_field"),
+        ('{"type": "subscribe", "metrics": ["cpu", "bogus"]}', "unknown_metric"),
+        ('{"type": "subscribe", "metrics": [1]}', "unknown_metric"),
+        ('{"type": "subscribe", "metrics": ["gpu"]}', "unknown_metric"),  # not offered
+    ],
+)
+def test_client_message_rejections(text: str | bytes, code: str) -> None:
+    with pytest.raises(ProtocolError) as excinfo:
+        decode_client(text, offered=("cpu", "memory"))
+    assert excinfo.value.code == code
+    assert excinfo.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "hello"}',
+        '{"type": "hello", "protocol": 1, "server": "x", "host": "h", "interval": "5",'
+        ' "metrics": [], "subscribed": []}',
+        '{"type": "status", "seq": "1", "time": 1, "host": "h", "interval": 1}',
+        '{"type": "status", "seq": 1, "time": 1, "host": "h", "interval": 1, "cpu": 5}',
+        '{"type": "status", "seq": 1, "time": 1, "host": "h", "interval": 1, "errors": []}',
+        '{"type": "status", "seq": true, "time": 1, "host": "h", "interval": 1}',
+        '{"type": "history", "samples": {}}',
+        '{"type": "history", "samples": [1]}',
+        '{"type": "subscribed", "metrics": [1]}',
+        '{"type": "error", "code": 1, "message": "m"}',
+        '{"type": "nope"}',
+        "[]",
+    ],
+)
+def test_server_frame_rejections(text: str) -> None:
+    with pytest.raises(ProtocolError):
+        decode(text)
+
+
+def test_parse_metrics() -> None:
+    assert parse_metrics("") == GROUPS
+    assert parse_metrics("memory, cpu,memory") == ("cpu", "memory")
+    with pytest.raises(ProtocolError, match="bogus"):
+        parse_metrics("cpu,bogus")
+
+
+def test_parse_history() -> None:
+    assert parse_history("0", 10) == 0
+    assert parse_history("5", 10) == 5
+    assert parse_history("50", 10) == 10
+    for bad in ("-1", "x", "1.5", ""):
+        with pytest.raises(ProtocolError):
+            parse_history(bad, 10)
