@@ -147,9 +147,17 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     def _release(self) -> None:
-        if self._subscriber is not None:
-            self.extension.broadcaster.unsubscribe(self._subscriber)
+        sub = self._subscriber
+        if sub is not None:
+            self.extension.broadcaster.unsubscribe(sub)
             self._subscriber = None
+            if sub.lagged:
+                self.log.info(
+                    "sysmon: %s read too slowly; %d of %d frames were dropped (newest kept)",
+                    self.request.remote_ip,
+                    sub.lagged,
+                    sub.lagged + sub.delivered,
+                )
         if self._counted:
             self.extension.connection_closed(self)
             self._counted = False

@@ -309,3 +309,44 @@ async def test_shutdown_closes_every_socket_with_1001(
             assert excinfo.value.rcvd.code == 1001
     assert not sysmon.sampler.running
     assert not sysmon.connections
+
+
+# -- connection details ----------------------------------------------------------------
+
+
+def negotiated_extensions(ws: Any) -> list[str]:
+    return [type(ext).__name__ for ext in ws.protocol.extensions]
+
+
+async def test_no_compression_by_default(connect: Any) -> None:
+    async with connect("metrics=cpu") as ws:  # the client offers permessage-deflate
+        assert negotiated_extensions(ws) == []
+        assert (await recv_json(ws))["type"] == "hello"
+
+
+@pytest.mark.parametrize("sysmon_config", [{"compression": True}], indirect=True)
+async def test_compression_when_enabled_and_offered(connect: Any) -> None:
+    async with connect("metrics=cpu") as ws:
+        assert negotiated_extensions(ws) == ["PerMessageDeflate"]
+        assert (await recv_json(ws))["type"] == "hello"
+        assert "cpu" in await recv_type(ws, "status")
+    async with connect("metrics=cpu", compression=None) as plain:  # not offered: plain
+        assert negotiated_extensions(plain) == []
+        assert "cpu" in await recv_type(plain, "status")
+
+
+async def test_closed_connection_stops_its_keepalive_and_leaves_nothing(
+    connect: Any, sysmon: Any
+) -> None:
+    async with connect() as ws:
+        await recv_json(ws)
+        (handler,) = sysmon.connections
+        assert handler.ping_callback is not None and handler.ping_callback.is_running()
+        callback = handler.ping_callback
+    for _ in range(100):
+        if not sysmon.connections and len(sysmon.broadcaster) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert not callback.is_running()
+    assert not sysmon.connections
+    assert len(sysmon.broadcaster) == 0
