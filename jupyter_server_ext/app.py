@@ -224,7 +224,7 @@ class SysmonExtension(ExtensionApp):
         for handler in list(self.connections):
             handler.close_going_away()
         if self.connections:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), CLOSE_GRACE)
 
     def connection_closed(self, handler: StatusWebSocketHandler) -> None:

@@ -7,6 +7,7 @@ then our admin policy. Refusals are JSON, before any upgrade.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from jupyter_core.utils import ensure_async
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
     from .app import SysmonExtension
 
 AUTH_RESOURCE = "sysmon"
+
+#: Replies (``error``, ``subscribed``) a client may leave unflushed before it is closed:
+#: a client that sends but never reads must not grow the server's write buffer.
+MAX_UNREAD_REPLIES = 32
+CLOSE_POLICY_VIOLATION = 1008
 
 
 class _SysmonAuthMixin:
@@ -71,8 +77,9 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
 
     _subscriber: Subscriber | None = None
     _metrics: tuple[str, ...] = ()
-    _history = 0
+    _history: int | None = None
     _counted = False
+    _unread_replies = 0
 
     def set_default_headers(self) -> None:
         """Undo JupyterHandler's page headers, meaningless for a WebSocket."""
@@ -89,9 +96,11 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         ext = self.extension
         try:
             self._metrics = parse_metrics(self.get_argument("metrics", ""), ext.metrics)
-            self._history = parse_history(self.get_argument("history", "0"), ext.history)
+            asked = parse_history(self.get_argument("history", "0"), sys.maxsize)
         except ProtocolError as err:
             raise web.HTTPError(400, err.message) from None
+        # Asked for history: always answer with a history frame, capped to what is kept.
+        self._history = min(asked, ext.history) if asked else None
         if len(ext.connections) >= ext.max_connections:
             raise web.HTTPError(503, f"too many sysmon connections (max {ext.max_connections})")
         ext.connections.add(self)
@@ -118,7 +127,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             expires_at=None,
         )
         self._send(encode(hello))
-        if self._history:
+        if self._history is not None:
             samples = ext.broadcaster.history(self._history, self._metrics)
             self._send(encode(History(samples=tuple(samples))))
         self._subscriber = ext.broadcaster.subscribe(self._send, self._metrics)
@@ -128,12 +137,12 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             request = decode_client(message, self.extension.metrics)
         except ProtocolError as err:
             self.log.info("sysmon: ignored client message (%s): %s", err.code, err.message)
-            self._send(encode(Error(code=err.code, message=err.message)))
+            self._reply(encode(Error(code=err.code, message=err.message)))
             return
         if self._subscriber is not None:
             self.extension.broadcaster.change(self._subscriber, request.metrics)
         self._metrics = request.metrics
-        self._send(encode(Subscribed(metrics=request.metrics)))
+        self._reply(encode(Subscribed(metrics=request.metrics)))
 
     def on_close(self) -> None:
         if self.ping_callback is not None:
@@ -161,6 +170,22 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         if self._counted:
             self.extension.connection_closed(self)
             self._counted = False
+
+    def _reply(self, frame: str) -> None:
+        """Answer a client message, unless the client has stopped reading its answers."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        if self._unread_replies >= MAX_UNREAD_REPLIES:
+            self.log.warning(
+                "sysmon: closing %s: %d replies unread", self.request.remote_ip, MAX_UNREAD_REPLIES
+            )
+            self.close(CLOSE_POLICY_VIOLATION, "too many unread replies")
+            return
+        self._unread_replies += 1
+        self._send(frame).add_done_callback(self._reply_flushed)
+
+    def _reply_flushed(self, future: Any) -> None:
+        self._unread_replies -= 1
 
     def _send(self, frame: str) -> Any:
         """Write a frame; returns the flush future, or raises if the socket is closed."""

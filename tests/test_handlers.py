@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
+import os
+import socket
 from typing import Any
 
 import pytest
@@ -88,12 +91,26 @@ async def test_history_on_connect_is_oldest_first_then_live(connect: Any, sysmon
     assert live["seq"] > seqs[-1]
 
 
+@pytest.mark.parametrize("sysmon_config", [{"history": 3}], indirect=True)
 async def test_history_larger_than_kept_is_capped(connect: Any, sysmon: Any) -> None:
+    for _ in range(100):
+        if sysmon.broadcaster.published >= 5:
+            break
+        await asyncio.sleep(0.05)
     async with connect("history=100000") as ws:
         await recv_json(ws)
         history = await recv_json(ws)
     assert history["type"] == "history"
-    assert len(history["samples"]) <= sysmon.history
+    assert len(history["samples"]) == 3
+
+
+@pytest.mark.parametrize("sysmon_config", [{"history": 0}], indirect=True)
+async def test_history_asked_of_a_server_that_keeps_none_is_empty(connect: Any) -> None:
+    async with connect("history=10&metrics=cpu") as ws:
+        await recv_json(ws)
+        history = await recv_json(ws)
+        assert history == {"type": "history", "samples": []}
+        assert (await recv_json(ws))["type"] == "status"
 
 
 async def test_selective_subscription_and_subscribe_message(connect: Any) -> None:
@@ -350,3 +367,61 @@ async def test_closed_connection_stops_its_keepalive_and_leaves_nothing(
     assert not callback.is_running()
     assert not sysmon.connections
     assert len(sysmon.broadcaster) == 0
+
+
+def raw_client(port: int, path: str, token: str) -> socket.socket:
+    """A WebSocket client by hand: handshake, then nothing is ever read."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nAuthorization: {token}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+async def test_client_that_sends_but_never_reads_is_closed_not_buffered(
+    connect: Any, sysmon: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: Any
+) -> None:
+    async with connect("metrics=cpu") as bystander:
+        await recv_json(bystander)
+        loop = asyncio.get_running_loop()
+        path = f"{jp_base_url}sysmon/ws?metrics=memory"
+        token = jp_auth_header["Authorization"]
+        sock = await loop.run_in_executor(None, raw_client, jp_http_port, path, token)
+        sock.setblocking(False)
+        for _ in range(100):
+            handlers = [h for h in sysmon.connections if h._metrics == ("memory",)]
+            if handlers:
+                break
+            await asyncio.sleep(0.02)
+        (handler,) = handlers
+        handler.ws_connection.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        frame = masked_text_frame(b"not json")
+        sent = 0
+        try:
+            for sent in range(1, 3001):  # noqa: B007 - bounded; each yields to the server
+                await loop.sock_sendall(sock, frame)
+                await asyncio.sleep(0)
+                if handler.ws_connection is None or handler.ws_connection.is_closing():
+                    break
+        except OSError:
+            pass  # the server may already have shut the connection
+        finally:
+            sock.close()
+        assert handler.ws_connection is None or handler.ws_connection.is_closing(), sent
+        assert sent < 3000
+        assert handler._unread_replies <= 32
+        await recv_type(bystander, "status")  # everyone else is still served
