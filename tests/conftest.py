@@ -80,6 +80,15 @@ def connect(
     return open_ws
 
 
+async def eventually(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait (bounded) until ``condition()`` is true; fail the test if it never is."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
 async def recv_json(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
     """The next frame, decoded; fails the test instead of hanging."""
     text = await asyncio.wait_for(ws.recv(), timeout)
