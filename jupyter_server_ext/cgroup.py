@@ -30,11 +30,15 @@ class ContainerCollector:
     ) -> None:
         self._root = Path(root)
         self._proc_cgroup = Path(proc_cgroup)
+        self._own_dirs: dict[Path, Path] = {}
+        self._version: int | bool | None = False  # False: not looked yet
 
     def collect(self, now: float) -> dict[str, Any]:
-        if (self._root / "cgroup.controllers").is_file():
+        if self._version is False:
+            self._version = self._detect()
+        if self._version == 2:
             return self._v2()
-        if (self._root / "memory").is_dir() or (self._root / "cpu").is_dir():
+        if self._version == 1:
             return self._v1()
         return {
             "cgroup": None,
@@ -42,6 +46,13 @@ class ContainerCollector:
             "memory_used_bytes": None,
             "cpu_limit_cores": None,
         }
+
+    def _detect(self) -> int | None:
+        if (self._root / "cgroup.controllers").is_file():
+            return 2
+        if (self._root / "memory").is_dir() or (self._root / "cpu").is_dir():
+            return 1
+        return None
 
     # -- cgroup v2 -------------------------------------------------------------------
 
@@ -63,7 +74,8 @@ class ContainerCollector:
             current = _read(own / "memory.current")
             if current is None:
                 raise CollectorError(f"cannot read {own / 'memory.current'}")
-            used = max(0, int(current) - _stat(own / "memory.stat", "inactive_file"))
+            inactive = _stats(own / "memory.stat").get("inactive_file", 0)
+            used = max(0, int(current) - inactive)
         return {
             "cgroup": 2,
             "memory_limit_bytes": memory_limit,
@@ -79,7 +91,8 @@ class ContainerCollector:
         mem_root = self._root / "memory"
         if mem_root.is_dir():
             mem = self._own_dir(mem_root, lambda controllers: "memory" in controllers.split(","))
-            limit = _stat(mem / "memory.stat", "hierarchical_memory_limit", None)
+            stats = _stats(mem / "memory.stat")
+            limit = stats.get("hierarchical_memory_limit")
             if limit is None:
                 text = _read(mem / "memory.limit_in_bytes")
                 limit = int(text) if text is not None else None
@@ -88,8 +101,7 @@ class ContainerCollector:
             usage = _read(mem / "memory.usage_in_bytes")
             if usage is None:
                 raise CollectorError(f"cannot read {mem / 'memory.usage_in_bytes'}")
-            inactive = _stat(mem / "memory.stat", "total_inactive_file")
-            used = max(0, int(usage) - inactive)
+            used = max(0, int(usage) - stats.get("total_inactive_file", 0))
         cpu_limit: float | None = None
         cpu_root = self._root / "cpu"
         if cpu_root.is_dir():
@@ -108,7 +120,14 @@ class ContainerCollector:
 
     def _own_dir(self, mount: Path, matches: Any) -> Path:
         """This process's cgroup directory under ``mount``; ``mount`` itself when the
-        path is not visible (a cgroup namespace makes our cgroup the root)."""
+        path is not visible (a cgroup namespace makes our cgroup the root). Found once:
+        a server process does not move between cgroups."""
+        found = self._own_dirs.get(mount)
+        if found is None:
+            found = self._own_dirs[mount] = self._find_own_dir(mount, matches)
+        return found
+
+    def _find_own_dir(self, mount: Path, matches: Any) -> Path:
         text = _read(self._proc_cgroup)
         for line in (text or "").splitlines():
             _, controllers, path = [*line.split(":", 2), "", ""][:3]
@@ -139,14 +158,14 @@ def _read(path: Path) -> str | None:
         raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
 
 
-def _stat(path: Path, key: str, default: Any = 0) -> Any:
-    """One field of a ``memory.stat``-style file."""
-    text = _read(path)
-    for line in (text or "").splitlines():
+def _stats(path: Path) -> dict[str, int]:
+    """The fields of a ``memory.stat``-style file (empty if it does not exist)."""
+    stats = {}
+    for line in (_read(path) or "").splitlines():
         name, _, value = line.partition(" ")
-        if name == key:
-            return int(value)
-    return default
+        if value.isdigit():
+            stats[name] = int(value)
+    return stats
 
 
 def _min(current: Any, new: Any) -> Any:

@@ -100,13 +100,17 @@ class MemoryCollector:
 class DiskCollector:
     """``disk``: read/write throughput and operations per second over all disks, and
     the usage of each mounted filesystem (one entry per device, its shortest mount
-    point, plus ``/``)."""
+    point, plus ``/``). The mount table is re-read every ``MOUNTS_REFRESH`` seconds;
+    usage is read every tick."""
 
     name = "disk"
+    MOUNTS_REFRESH = 30.0
 
     def __init__(self, ps: ModuleType | Any = psutil) -> None:
         self._ps = ps
         self._rates = Rates()
+        self._mount_table: list[tuple[str, str]] = []
+        self._mounts_read_at: float | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
         io = self._ps.disk_io_counters(perdisk=False)
@@ -126,20 +130,27 @@ class DiskCollector:
             "write_bytes_per_s": _rounded(rates.get("write_bytes")),
             "read_ops_per_s": _rounded(rates.get("read_ops")),
             "write_ops_per_s": _rounded(rates.get("write_ops")),
-            "mounts": self._mounts(),
+            "mounts": self._mounts(now),
         }
 
-    def _mounts(self) -> list[dict[str, Any]]:
-        by_device: dict[str, Any] = {}
-        for part in self._ps.disk_partitions(all=False):
-            known = by_device.get(part.device)
-            if known is None or len(part.mountpoint) < len(known.mountpoint):
-                by_device[part.device] = part
-        chosen = [(p.mountpoint, p.fstype) for p in by_device.values()]
-        if "/" not in {path for path, _ in chosen}:
-            chosen.append(("/", ""))
+    def _mounted(self, now: float) -> list[tuple[str, str]]:
+        """(path, fstype) of each device's shortest mount point, and ``/``."""
+        if self._mounts_read_at is None or now - self._mounts_read_at >= self.MOUNTS_REFRESH:
+            by_device: dict[str, Any] = {}
+            for part in self._ps.disk_partitions(all=False):
+                known = by_device.get(part.device)
+                if known is None or len(part.mountpoint) < len(known.mountpoint):
+                    by_device[part.device] = part
+            chosen = [(p.mountpoint, p.fstype) for p in by_device.values()]
+            if "/" not in {path for path, _ in chosen}:
+                chosen.append(("/", ""))
+            self._mount_table = sorted(chosen)
+            self._mounts_read_at = now
+        return self._mount_table
+
+    def _mounts(self, now: float) -> list[dict[str, Any]]:
         mounts = []
-        for path, fstype in sorted(chosen):
+        for path, fstype in self._mounted(now):
             try:
                 usage = self._ps.disk_usage(path)
             except OSError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -158,3 +160,13 @@ def test_parse_history() -> None:
     for bad in ("-1", "x", "1.5", ""):
         with pytest.raises(ProtocolError):
             parse_history(bad, 10)
+
+
+def test_importing_the_notebook_side_stays_cheap() -> None:
+    code = (
+        "import sys, sysmon_nb, sysmon_nb.protocol; "
+        "heavy = {'psutil', 'bqplot', 'ipywidgets', 'jupyter_server', 'jupyter_server_ext', "
+        "'tornado', 'websockets'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
