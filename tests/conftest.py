@@ -25,11 +25,27 @@ def sysmon_config(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
-def jp_server_config(sysmon_config: dict[str, Any]) -> dict[str, Any]:
+def server_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Extra ``c.ServerApp`` settings; override with indirect parametrize."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def hub_user_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set JUPYTERHUB_USER (as a spawner does) before the server starts, if asked."""
+    name = getattr(request, "param", None)
+    if name is not None:
+        monkeypatch.setenv("JUPYTERHUB_USER", name)
+
+
+@pytest.fixture
+def jp_server_config(
+    sysmon_config: dict[str, Any], server_config: dict[str, Any], hub_user_env: None
+) -> Any:
     config = {"interval": TEST_INTERVAL, "history": 50}
     config.update(sysmon_config)
     return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_server_ext": True}},
+        "ServerApp": {"jpserver_extensions": {"jupyter_server_ext": True}, **server_config},
         "SysmonExtension": config,
     }
 

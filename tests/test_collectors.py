@@ -44,6 +44,7 @@ class FakePsutil:
         self.readings = [dict(r) for r in (readings or RECORDED["readings"])]
         self.index = 0
         self.processes: dict[int, FakeProcess] = {}
+        self.partition_reads = 0
 
     @property
     def now(self) -> dict[str, Any]:
@@ -74,6 +75,7 @@ class FakePsutil:
         return None if io is None else _nt("sdiskio", io)
 
     def disk_partitions(self, all: bool = False) -> list[Any]:
+        self.partition_reads += 1
         return [_nt("sdiskpart", p) for p in self.now["disk_partitions"]]
 
     def disk_usage(self, path: str) -> Any:
@@ -228,6 +230,18 @@ def test_disk_without_block_devices_and_with_unreadable_mount() -> None:
     assert result["read_bytes_per_s"] is None  # no disks: unknown, never 0
     # /dev/a once at its shortest path; /secret unreadable, left out
     assert [m["path"] for m in result["mounts"]] == ["/"]
+
+
+def test_mount_table_is_reread_every_30_s_usage_every_tick() -> None:
+    ps = FakePsutil([RECORDED["readings"][0]] * 2)
+    disk = DiskCollector(ps)
+    for now in (0.0, 5.0, 29.0):
+        assert disk.collect(now)["mounts"][0]["path"] == "/"
+    assert ps.partition_reads == 1
+    ps.readings[0] = dict(ps.readings[0], disk_partitions=[])  # the mount vanished...
+    ps.readings[0]["disk_usage"] = {}  # ...and / is unreadable: left out, not an error
+    assert disk.collect(31.0)["mounts"] == []
+    assert ps.partition_reads == 2
 
 
 # -- network --------------------------------------------------------------------------

@@ -8,10 +8,11 @@ import itertools
 import json
 import os
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import websockets
+from jupyter_server.auth import IdentityProvider, User
 from tornado.httpclient import HTTPClientError
 
 from jupyter_server_ext.errors import CollectorError
@@ -409,3 +410,70 @@ async def test_client_that_sends_but_never_reads_is_closed_not_buffered(
         assert sent < 3000
         assert handler._unread_replies <= 32
         await recv_type(bystander, "status")  # everyone else is still served
+
+
+# -- JupyterHub-shaped identities ------------------------------------------------------
+
+
+class HubStyleIdentityProvider(IdentityProvider):
+    """Authenticates like jupyterhub.singleuser's provider: a token names a hub user
+    model (``user.hub_user``), and the provider has a ``hub_auth``. The real hub runs in
+    the security tests; this one checks how the handler treats hub-shaped users."""
+
+    hub_auth = object()
+    models: ClassVar[dict[str, dict[str, Any]]] = {
+        "hub-admin": {"name": "root", "admin": True, "groups": []},
+        "hub-ops": {"name": "olga", "admin": False, "groups": ["ops"]},
+        "hub-user": {"name": "bob", "admin": False, "groups": ["students"]},
+        "hub-owner": {"name": "owner", "admin": False, "groups": []},
+    }
+
+    async def get_user(self, handler: Any) -> User | None:
+        scheme, _, token = handler.request.headers.get("Authorization", "").partition(" ")
+        model = self.models.get(token) if scheme.lower() == "token" else None
+        return None if model is None else HubUser(model)
+
+
+class HubUser(User):
+    def __init__(self, hub_user: dict[str, Any]) -> None:
+        self.hub_user = hub_user
+        super().__init__(username=hub_user["name"])
+
+
+HUB = {"identity_provider_class": HubStyleIdentityProvider}
+
+
+@pytest.mark.parametrize("server_config", [HUB], indirect=True)
+@pytest.mark.parametrize("sysmon_config", [{"admin_groups": ["ops"]}], indirect=True)
+@pytest.mark.parametrize(
+    ("token", "admitted"),
+    [("hub-admin", True), ("hub-ops", True), ("hub-user", False), ("hub-owner", False)],
+)
+async def test_hub_users_by_admin_flag_and_groups_owner_not_by_default(
+    connect: Any, sysmon: Any, token: str, admitted: bool
+) -> None:
+    assert sysmon.allow_owner is False  # under JupyterHub the default flips
+    headers = {"Authorization": f"token {token}"}
+    if admitted:
+        async with connect("metrics=cpu", headers=headers) as ws:
+            assert (await recv_json(ws))["type"] == "hello"
+            assert "cpu" in await recv_type(ws, "status")
+    else:
+        with pytest.raises(websockets.InvalidStatus) as excinfo:
+            async with connect(headers=headers):
+                pass
+        code, body = refusal(excinfo)
+        assert code == 403
+        assert "not an administrator" in body["message"]
+
+
+@pytest.mark.parametrize("server_config", [HUB], indirect=True)
+@pytest.mark.parametrize("hub_user_env", ["owner"], indirect=True)
+@pytest.mark.parametrize("sysmon_config", [{"allow_owner": True}], indirect=True)
+async def test_hub_owner_when_allowed_but_not_other_users(connect: Any) -> None:
+    async with connect("metrics=cpu", headers={"Authorization": "token hub-owner"}) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        async with connect(headers={"Authorization": "token hub-user"}):
+            pass
+    assert refusal(excinfo)[0] == 403
