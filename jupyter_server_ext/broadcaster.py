@@ -85,7 +85,7 @@ class SystemStatusBroadcaster:
     """Keeps the history ring and the subscribers; ``publish`` fans a sample out."""
 
     def __init__(self, history: int, buffer_size: int) -> None:
-        self._history: deque[Status] = deque(maxlen=history) if history else deque(maxlen=0)
+        self._history: deque[Status] = deque(maxlen=history)
         self._buffer_size = buffer_size
         self._groups: dict[tuple[str, ...], set[Subscriber]] = {}
         self.latest: Status | None = None
@@ -128,8 +128,7 @@ class SystemStatusBroadcaster:
         distinct subscription set."""
         self.latest = status
         self.published += 1
-        if self._history.maxlen:
-            self._history.append(status)
+        self._history.append(status)
         for metrics, group in list(self._groups.items()):
             if not group:
                 continue

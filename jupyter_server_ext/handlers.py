@@ -19,6 +19,7 @@ from tornado.websocket import WebSocketHandler
 
 from sysmon_nb.protocol import (
     CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
     MAX_MESSAGE_BYTES,
     Error,
     Hello,
@@ -42,7 +43,6 @@ AUTH_RESOURCE = "sysmon"
 #: Replies (``error``, ``subscribed``) a client may leave unflushed before it is closed:
 #: a client that sends but never reads must not grow the server's write buffer.
 MAX_UNREAD_REPLIES = 32
-CLOSE_POLICY_VIOLATION = 1008
 
 
 class _SysmonAuthMixin:

@@ -32,8 +32,11 @@ async def assert_still_serving(connect: Any) -> None:
         assert "cpu" in status
 
 
-def refusal(excinfo: pytest.ExceptionInfo[Any]) -> tuple[int, dict[str, Any]]:
-    """Status code and JSON body of a refused upgrade."""
+async def refused(connect: Any, *args: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """Status code and JSON body of an upgrade the server refuses."""
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        async with connect(*args, **kwargs):
+            pass
     response = excinfo.value.response
     return response.status_code, json.loads(response.body)
 
@@ -158,18 +161,14 @@ async def test_jupyter_group_counts_a_real_kernel(connect: Any, jp_fetch: Any) -
 
 
 async def test_no_credentials_is_403_and_others_keep_streaming(connect: Any) -> None:
-    with pytest.raises(websockets.InvalidStatus) as excinfo:
-        async with connect(headers={}):
-            pass
-    assert excinfo.value.response.status_code == 403
+    code, _ = await refused(connect, headers={})
+    assert code == 403
     await assert_still_serving(connect)
 
 
 async def test_wrong_token_is_403(connect: Any) -> None:
-    with pytest.raises(websockets.InvalidStatus) as excinfo:
-        async with connect(headers={"Authorization": "token not-the-token"}):
-            pass
-    assert excinfo.value.response.status_code == 403
+    code, _ = await refused(connect, headers={"Authorization": "token not-the-token"})
+    assert code == 403
     await assert_still_serving(connect)
 
 
@@ -177,10 +176,7 @@ async def test_wrong_token_is_403(connect: Any) -> None:
 async def test_non_admin_is_403_with_a_json_reason(
     connect: Any, jp_fetch: Any, sysmon: Any
 ) -> None:
-    with pytest.raises(websockets.InvalidStatus) as excinfo:
-        async with connect():
-            pass
-    code, body = refusal(excinfo)
+    code, body = await refused(connect)
     assert code == 403
     assert "not an administrator" in body["message"]
 
@@ -196,10 +192,7 @@ async def test_non_admin_is_403_with_a_json_reason(
 
 @pytest.mark.parametrize("query", ["metrics=cpu,bogus", "history=-1", "history=lots"])
 async def test_bad_query_is_400_with_a_json_reason(connect: Any, query: str) -> None:
-    with pytest.raises(websockets.InvalidStatus) as excinfo:
-        async with connect(query):
-            pass
-    code, body = refusal(excinfo)
+    code, body = await refused(connect, query)
     assert code == 400
     assert body["message"]
     await assert_still_serving(connect)
@@ -210,10 +203,7 @@ async def test_max_connections_is_503_and_frees_up(connect: Any, sysmon: Any) ->
     async with connect() as a, connect() as b:
         await recv_json(a)
         await recv_json(b)
-        with pytest.raises(websockets.InvalidStatus) as excinfo:
-            async with connect():
-                pass
-        code, body = refusal(excinfo)
+        code, body = await refused(connect)
         assert code == 503
         assert "too many" in body["message"]
         # the two admitted clients are unaffected
@@ -459,10 +449,7 @@ async def test_hub_users_by_admin_flag_and_groups_owner_not_by_default(
             assert (await recv_json(ws))["type"] == "hello"
             assert "cpu" in await recv_type(ws, "status")
     else:
-        with pytest.raises(websockets.InvalidStatus) as excinfo:
-            async with connect(headers=headers):
-                pass
-        code, body = refusal(excinfo)
+        code, body = await refused(connect, headers=headers)
         assert code == 403
         assert "not an administrator" in body["message"]
 
@@ -473,7 +460,5 @@ async def test_hub_users_by_admin_flag_and_groups_owner_not_by_default(
 async def test_hub_owner_when_allowed_but_not_other_users(connect: Any) -> None:
     async with connect("metrics=cpu", headers={"Authorization": "token hub-owner"}) as ws:
         assert (await recv_json(ws))["type"] == "hello"
-    with pytest.raises(websockets.InvalidStatus) as excinfo:
-        async with connect(headers={"Authorization": "token hub-user"}):
-            pass
-    assert refusal(excinfo)[0] == 403
+    code, _ = await refused(connect, headers={"Authorization": "token hub-user"})
+    assert code == 403
