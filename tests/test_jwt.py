@@ -181,6 +181,40 @@ async def test_cookie_upgrade_from_a_foreign_origin_is_refused(
         assert (await recv_json(ws))["type"] == "hello"
 
 
+async def test_login_page_and_password_login_still_work(
+    connect: Any, jp_fetch: Any, jp_http_port: int, jp_auth_header: dict[str, str]
+) -> None:
+    """The provider keeps the server's login form: the token typed into it logs in
+    (a cookie), a wrong one is told so (401, not a server error)."""
+    page = await jp_fetch("login", headers={"Authorization": ""})
+    assert page.code == 200
+    assert b'name="password"' in page.body
+    xsrf = next(
+        c.split(";")[0].split("=", 1)[1]
+        for c in page.headers.get_list("Set-Cookie")
+        if c.startswith("_xsrf=")
+    )
+    server_token = jp_auth_header["Authorization"].split()[1]
+
+    async def login(password: str) -> Any:
+        return await jp_fetch(
+            "login",
+            method="POST",
+            body=f"password={password}&_xsrf={xsrf}",
+            headers={"Authorization": "", "Cookie": f"_xsrf={xsrf}"},
+            follow_redirects=False,
+            raise_error=False,
+        )
+
+    assert (await login("wrong")).code == 401
+    reply = await login(server_token)
+    assert reply.code == 302
+    cookie = next(c for c in reply.headers.get_list("Set-Cookie") if c.startswith("username-"))
+    own = f"http://127.0.0.1:{jp_http_port}"
+    async with connect("metrics=cpu", headers={"Cookie": cookie.split(";")[0]}, origin=own) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+
+
 # -- expiry while connected -------------------------------------------------------------
 
 
