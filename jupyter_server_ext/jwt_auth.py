@@ -22,9 +22,9 @@ from typing import Any
 import jwt
 from jupyter_server.auth.identity import PasswordIdentityProvider, User
 from tornado import web
-from traitlets import Float, List, Unicode, default, validate
+from traitlets import Float, List, Unicode, validate
 
-from .errors import ConfigError
+from .errors import ConfigError, SysmonError
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset(
@@ -56,7 +56,7 @@ _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"bearer\s+(\S+)\s*", re.IGNORECASE)
 
 
-class InvalidCredentials(Exception):
+class InvalidCredentials(SysmonError):
     """A bearer JWT that does not verify; ``str(err)`` says why (for the server log)."""
 
 
@@ -74,7 +74,9 @@ class _JWKSKeys:
     ``kid`` triggers one refresh (at most one per :data:`JWKS_REFRESH_COOLDOWN`)."""
 
     def __init__(self, url: str, lifespan: float) -> None:
-        self.client = jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=lifespan, timeout=10)
+        self.client = jwt.PyJWKClient(
+            url, cache_jwk_set=True, lifespan=lifespan, timeout=JWKS_TIMEOUT
+        )
         self._lock = threading.Lock()
         self._refreshed_at = -JWKS_REFRESH_COOLDOWN
 
@@ -142,10 +144,12 @@ class JWTIdentityProvider(PasswordIdentityProvider):
     ).tag(config=True)
 
     issuer = Unicode(
+        "",
         help="Required value of the 'iss' claim.",
     ).tag(config=True)
 
     audience = Unicode(
+        "",
         help="Required value (or member) of the 'aud' claim.",
     ).tag(config=True)
 
@@ -164,14 +168,6 @@ class JWTIdentityProvider(PasswordIdentityProvider):
         help="Claim holding the user's roles: a list of strings or a space-separated string. "
         "A dotted name reads a nested claim (e.g. 'realm_access.roles').",
     ).tag(config=True)
-
-    @default("issuer")
-    def _no_issuer(self) -> str:
-        return ""
-
-    @default("audience")
-    def _no_audience(self) -> str:
-        return ""
 
     @validate("leeway")
     def _validate_leeway(self, proposal: Any) -> float:
@@ -210,6 +206,8 @@ class JWTIdentityProvider(PasswordIdentityProvider):
             return f"HMAC algorithms need secret, not {sources[0]}"
         if not hmac and sources == ["secret"]:
             return "public-key algorithms need public_key or jwks_url, not secret"
+        if hmac and "-----BEGIN" in self.secret:
+            return "secret looks like a PEM key; a key pair needs a public-key algorithm"
         if hmac:
             # RFC 7518 3.2: an HMAC key at least as long as the hash output.
             need = max(int(alg[2:]) // 8 for alg in algorithms)

@@ -336,6 +336,7 @@ async def test_jwks_keys_cached_unknown_kid_refreshed_once(jwks: JWKSServer, con
         ({"algorithms": ["HS256"]}, "HMAC algorithms need secret"),
         ({"algorithms": ["HS256"], "public_key": "", "secret": "short"}, "at least 32 bytes"),
         ({"algorithms": ["HS512"], "public_key": "", "secret": SECRET}, "at least 64 bytes"),
+        ({"algorithms": ["HS256"], "public_key": "", "secret": PUBLIC_PEM}, "looks like a PEM"),
         ({"public_key": "not a key"}, "not a usable PEM public key"),
         ({"issuer": ""}, "set issuer"),
         ({"audience": ""}, "set audience"),
