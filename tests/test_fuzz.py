@@ -61,11 +61,9 @@ authorization_values = st.one_of(
     ),
 )
 
+#: For examples run against one real server (each example is a connection).
 FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -109,24 +107,22 @@ def test_signed_random_claims_admit_only_a_real_admin(
     assert POLICY.check(user).allowed is expected
 
 
-# -- through the real server ---------------------------------------------------------------
+# -- through the real server: one server takes every example, then still serves --------
 
 
-@FUZZ
-@given(value=authorization_values)
-def test_random_credentials_never_admit_or_crash(
-    jp_asyncio_loop: Any, connect: Any, value: str
-) -> None:
-    async def attempt() -> None:
+def test_random_credentials_never_admit_or_crash(jp_asyncio_loop: Any, connect: Any) -> None:
+    async def attempt(value: str) -> None:
         with pytest.raises(websockets.InvalidStatus) as excinfo:
             async with connect("metrics=cpu", headers={"Authorization": value}):
                 pass
         assert excinfo.value.response.status_code == 403
 
-    jp_asyncio_loop.run_until_complete(attempt())
+    @FUZZ
+    @given(value=authorization_values)
+    def refused(value: str) -> None:
+        jp_asyncio_loop.run_until_complete(attempt(value))
 
-
-def test_the_server_serves_after_random_credentials(jp_asyncio_loop: Any, connect: Any) -> None:
+    refused()
     jp_asyncio_loop.run_until_complete(assert_still_serving(connect))
 
 
@@ -144,26 +140,30 @@ client_messages = st.one_of(
 )
 
 
-@FUZZ
-@given(messages=st.lists(client_messages, min_size=1, max_size=5))
-def test_random_client_messages_are_answered_and_the_stream_goes_on(
-    jp_asyncio_loop: Any, connect: Any, jp_auth_header: dict[str, str], messages: list[Any]
-) -> None:
-    async def session() -> None:
-        async with connect("metrics=cpu", headers=bearer(token())) as ws:
-            assert (await recv_json(ws))["type"] == "hello"
-            for message in messages:
-                await ws.send(message)
-                for _ in range(50):
-                    answer = await recv_json(ws)
-                    if answer["type"] in ("error", "subscribed"):
-                        break
-                else:
-                    raise AssertionError("no answer to a client message")
-                assert "Traceback" not in json.dumps(answer)
-            # still open, still streaming
-            await ws.send(json.dumps({"type": "subscribe", "metrics": ["cpu"]}))
-            assert (await recv_type(ws, "subscribed"))["metrics"] == ["cpu"]
-            assert "cpu" in await recv_type(ws, "status")
+async def converse(connect: Any, messages: list[Any]) -> None:
+    """Each message gets an ``error`` or ``subscribed`` answer; the socket stays open."""
+    async with connect("metrics=cpu", headers=bearer(token())) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        for message in messages:
+            await ws.send(message)
+            for _ in range(50):
+                answer = await recv_json(ws)
+                if answer["type"] in ("error", "subscribed"):
+                    break
+            else:
+                raise AssertionError("no answer to a client message")
+            assert "Traceback" not in json.dumps(answer)
+        await ws.send(json.dumps({"type": "subscribe", "metrics": ["cpu"]}))
+        assert (await recv_type(ws, "subscribed"))["metrics"] == ["cpu"]
 
-    jp_asyncio_loop.run_until_complete(session())
+
+def test_random_client_messages_are_answered_and_the_stream_goes_on(
+    jp_asyncio_loop: Any, connect: Any
+) -> None:
+    @FUZZ
+    @given(messages=st.lists(client_messages, min_size=1, max_size=5))
+    def answered(messages: list[Any]) -> None:
+        jp_asyncio_loop.run_until_complete(converse(connect, messages))
+
+    answered()
+    jp_asyncio_loop.run_until_complete(assert_still_serving(connect))
