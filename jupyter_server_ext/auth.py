@@ -137,11 +137,8 @@ class CredentialsWatcher:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.expires_at is not None:
-            delay = max(0.0, self.expires_at - time.time())
-            self._timer = loop.call_later(
-                delay, self._finish, CLOSE_CREDENTIALS_EXPIRED, "credentials expired"
-            )
-        if self._revalidate is not None and self._interval > 0:
+            self._expire()
+        if self._revalidate is not None and self._interval > 0 and not self._done:
             self._task = loop.create_task(self._recheck_forever())
 
     def stop(self) -> None:
@@ -152,6 +149,17 @@ class CredentialsWatcher:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+    def _expire(self) -> None:
+        # Re-armed until the wall clock says exp has come: loop timers may fire a hair
+        # early, and the wall clock may have been stepped since the timer was set.
+        assert self.expires_at is not None
+        remaining = self.expires_at - time.time()
+        if remaining > 0:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self._expire)
+            return
+        self._timer = None
+        self._finish(CLOSE_CREDENTIALS_EXPIRED, "credentials expired")
 
     def _finish(self, code: int, reason: str) -> None:
         if self._done:

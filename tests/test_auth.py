@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from jupyter_server.auth import User
 
+from jupyter_server_ext import auth as auth_module
 from jupyter_server_ext.auth import AdminPolicy, CredentialsWatcher, recheck_hub_user
 from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
 
@@ -122,6 +123,31 @@ def test_watcher_closes_once_with_4401_at_expiry() -> None:
 
     late = asyncio.run(scenario())
     assert 0 <= late < 1.0
+
+
+def test_watcher_closes_by_the_wall_clock_when_it_is_stepped_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    skew = [0.0]
+
+    class SteppedClock:
+        @staticmethod
+        def time() -> float:
+            return time.time() - skew[0]
+
+    monkeypatch.setattr(auth_module, "time", SteppedClock)
+
+    async def scenario() -> None:
+        close = Closes()
+        watcher = CredentialsWatcher(close, expires_at=time.time() + 0.2)
+        watcher.start()
+        skew[0] = 0.3  # the wall clock steps back after the timer is set
+        await asyncio.sleep(0.35)
+        assert close.calls == []  # exp has not come by the wall clock
+        await settle(lambda: close.calls)
+        assert SteppedClock.time() >= watcher.expires_at  # type: ignore[operator]
+
+    asyncio.run(scenario())
 
 
 def test_watcher_with_past_expiry_closes_at_once_and_stop_prevents_closing() -> None:
