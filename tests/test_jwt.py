@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -319,6 +320,25 @@ async def test_jwks_keys_cached_unknown_kid_refreshed_once(jwks: JWKSServer, con
     # a known kid with the wrong key's signature
     assert not await admitted(token(OTHER_PRIVATE_KEY, kid="k1"))
     await assert_still_serving(connect)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens there once the socket is closed
+
+
+@pytest.mark.parametrize(
+    "jwt_config",
+    [{"public_key": "", "jwks_url": f"http://127.0.0.1:{closed_port()}/jwks.json"}],
+    indirect=True,
+)
+async def test_unreachable_jwks_refuses_jwts_and_the_server_carries_on(connect: Any) -> None:
+    code, body = await refused(connect, headers=bearer(token(kid="k1")))
+    assert code == 403
+    assert "Traceback" not in json.dumps(body)
+    await assert_still_serving(connect)  # the server's own token still works
 
 
 # -- misconfiguration stops the server ------------------------------------------------------
