@@ -13,15 +13,42 @@ A user is an administrator when any of these holds:
 - ``allow_owner`` is on and they own the server: outside JupyterHub, anyone the
   server's own token/password auth admits (a plain ``jupyter_server.auth.User``);
   inside JupyterHub, the hub user the server was spawned for.
+
+Admission is checked once, before the upgrade; :class:`CredentialsWatcher` keeps it
+true while a connection lasts (JWT expiry, JupyterHub re-checks). The JWT identity
+provider lives in :mod:`jupyter_server_ext.jwt_auth` and is importable from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from jupyter_server.auth import User
+
+from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
+
+from .jwt_auth import InvalidCredentials, JWTIdentityProvider, JWTUser
+
+__all__ = [
+    "AdminPolicy",
+    "CredentialsWatcher",
+    "Decision",
+    "InvalidCredentials",
+    "JWTIdentityProvider",
+    "JWTUser",
+    "watch_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+#: A re-check's verdict: None to keep the connection, or (close code, reason).
+Verdict = tuple[int, str] | None
 
 
 @dataclass(frozen=True)
@@ -81,3 +108,111 @@ class AdminPolicy:
             f"user {name!r} is not an administrator; system status is only for"
             " administrators of this server",
         )
+
+
+class CredentialsWatcher:
+    """Closes one connection when its credentials stop admitting it.
+
+    ``close(code, reason)`` is called at most once: with 4401 at ``expires_at`` (unix
+    s), or with the verdict of ``revalidate()``, awaited every ``interval`` seconds.
+    Call :meth:`start` once the connection is open (on the event loop) and
+    :meth:`stop` when it closes; ``stop`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        close: Callable[[int, str], object],
+        expires_at: float | None = None,
+        revalidate: Callable[[], Awaitable[Verdict]] | None = None,
+        interval: float = 60.0,
+    ) -> None:
+        self.expires_at = expires_at
+        self._close = close
+        self._revalidate = revalidate
+        self._interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._done = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.expires_at is not None:
+            self._expire()
+        if self._revalidate is not None and self._interval > 0 and not self._done:
+            self._task = loop.create_task(self._recheck_forever())
+
+    def stop(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _expire(self) -> None:
+        # Re-armed until the wall clock says exp has come: loop timers may fire a hair
+        # early, and the wall clock may have been stepped since the timer was set.
+        assert self.expires_at is not None
+        remaining = self.expires_at - time.time()
+        if remaining > 0:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self._expire)
+            return
+        self._timer = None
+        self._finish(CLOSE_CREDENTIALS_EXPIRED, "credentials expired")
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self._done:
+            return
+        self.stop()
+        self._close(code, reason)
+
+    async def _recheck_forever(self) -> None:
+        assert self._revalidate is not None
+        while not self._done:
+            await asyncio.sleep(self._interval)
+            try:
+                verdict = await self._revalidate()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                # The hub being briefly unreachable (a restart) says nothing about the
+                # user; try again next time rather than drop every admin at once.
+                log.warning("sysmon: could not re-check credentials: %s", err)
+                continue
+            if verdict is not None:
+                self._finish(*verdict)
+
+
+def watch_credentials(handler: Any, policy: AdminPolicy, interval: float) -> CredentialsWatcher:
+    """The watcher for an admitted WebSocket ``handler``: its JWT's ``exp``, or under
+    JupyterHub a re-check of its hub token every ``interval`` s."""
+    user = handler.current_user
+    expires_at = getattr(user, "expires_at", None)
+    revalidate = None
+    hub_auth = getattr(handler.identity_provider, "hub_auth", None)
+    if hub_auth is not None and isinstance(getattr(user, "hub_user", None), dict):
+        get_token = getattr(hub_auth, "get_token", None)
+        token = get_token(handler) if callable(get_token) else None
+        if token:
+
+            async def revalidate() -> Verdict:
+                return await recheck_hub_user(hub_auth, token, user, policy)
+
+        else:
+            log.warning("sysmon: no hub token to re-check for %s", user.username)
+    return CredentialsWatcher(handler.close, expires_at, revalidate, interval)
+
+
+async def recheck_hub_user(hub_auth: Any, token: str, user: Any, policy: AdminPolicy) -> Verdict:
+    """Ask the hub again, bypassing its cache, whether ``token`` still admits ``user``."""
+    model = await hub_auth.user_for_token(token, use_cache=False, sync=False)
+    if not model or model.get("name") != user.username:
+        return (CLOSE_CREDENTIALS_EXPIRED, "credentials expired or revoked")
+    if not hub_auth.check_scopes(hub_auth.access_scopes, model):
+        return (CLOSE_NOT_ADMIN, "no longer allowed on this server")
+    fresh = copy.copy(user)
+    fresh.hub_user = model
+    if not policy.check(fresh).allowed:
+        return (CLOSE_NOT_ADMIN, "no longer an administrator")
+    return None

@@ -33,6 +33,7 @@ from sysmon_nb.protocol import (
     parse_metrics,
 )
 
+from .auth import CredentialsWatcher, watch_credentials
 from .broadcaster import Subscriber
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     _history: int | None = None
     _counted = False
     _unread_replies = 0
+    _watcher: CredentialsWatcher | None = None
 
     def set_default_headers(self) -> None:
         """Undo JupyterHandler's page headers, meaningless for a WebSocket."""
@@ -118,19 +120,21 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     def open(self, *args: Any, **kwargs: Any) -> None:
         super().open(*args, **kwargs)  # starts the keep-alive pings
         ext = self.extension
+        self._watcher = watch_credentials(self, ext.policy, ext.revalidate_interval)
         hello = Hello(
             server=ext.version,
             host=ext.host,
             interval=ext.interval,
             metrics=tuple(ext.metrics),
             subscribed=self._metrics,
-            expires_at=None,
+            expires_at=self._watcher.expires_at,
         )
         self._send(encode(hello))
         if self._history is not None:
             samples = ext.broadcaster.history(self._history, self._metrics)
             self._send(encode(History(samples=tuple(samples))))
         self._subscriber = ext.broadcaster.subscribe(self._send, self._metrics)
+        self._watcher.start()
 
     def on_message(self, message: str | bytes) -> None:
         try:
@@ -145,6 +149,8 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         self._reply(encode(Subscribed(metrics=request.metrics)))
 
     def on_close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         if self.ping_callback is not None:
             # WebSocketMixin never stops it; a live callback keeps this handler alive.
             self.ping_callback.stop()
