@@ -33,7 +33,8 @@ from jupyter_server.auth import User
 
 from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
 
-from .jwt_auth import InvalidCredentials, JWTIdentityProvider, JWTUser
+from .errors import InvalidCredentials
+from .jwt_auth import JWTIdentityProvider, JWTUser
 
 __all__ = [
     "AdminPolicy",

@@ -24,7 +24,7 @@ from jupyter_server.auth.identity import PasswordIdentityProvider, User
 from tornado import web
 from traitlets import Float, List, Unicode, validate
 
-from .errors import ConfigError, SysmonError
+from .errors import ConfigError, InvalidCredentials
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset(
@@ -54,10 +54,6 @@ JWKS_TIMEOUT = 10.0
 
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"bearer\s+(\S+)\s*", re.IGNORECASE)
-
-
-class InvalidCredentials(SysmonError):
-    """A bearer JWT that does not verify; ``str(err)`` says why (for the server log)."""
 
 
 @dataclass
