@@ -37,6 +37,8 @@ MAX_POINTS = 10_000
 #: Percentages at or over this are shown as a warning.
 WARN_PERCENT = 90.0
 DEFAULT_WINDOW = 600.0
+#: Room above the highest line, for the legend.
+HEADROOM = 1.35
 
 _BINARY_UNITS = (("TiB", 1024.0**4), ("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0))
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -71,12 +73,12 @@ def human_age(seconds: float) -> str:
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 times a power of ten that is >= ``value`` (an axis
-    top with round ticks); 1 for nothing to show."""
+    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5 times a power of ten that is >= ``value``:
+    an axis top whose fifths are round numbers; 1 for nothing to show."""
     if not value > 0 or not math.isfinite(value):
         return 1.0
     power = 10.0 ** math.floor(math.log10(value))
-    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
+    for step in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0):
         if value <= step * power * (1 + 1e-9):
             return step * power
     return 10.0 * power
@@ -122,7 +124,7 @@ class _Chart:
             side="left",
             label=y_label,
             tick_format=".3~g",
-            num_ticks=5,
+            num_ticks=6,
             grid_lines="dashed",
             label_offset="42px",
         )
@@ -362,7 +364,7 @@ class SysmonDashboard(widgets.VBox):
             )
         if last.get("swap_used_bytes"):
             title += f" · swap {human_bytes(last['swap_used_bytes'])}"
-        top = nice_ceiling(float(peak) / size)
+        top = nice_ceiling(HEADROOM * float(peak) / size)
         chart.draw(x, rows, list(series), title, colors=colors, y_label=unit, y_max=top)
 
     def _draw_rates(
@@ -379,7 +381,7 @@ class SysmonDashboard(widgets.VBox):
             f"{label} {human_bytes(last.get(key), '/s')}" for key, label in names.items()
         )
         title = f"{group.capitalize()} {now}"
-        top = nice_ceiling(peak / size)
+        top = nice_ceiling(HEADROOM * peak / size)
         chart.draw(x, rows, list(series), title, y_label=f"{unit}/s", y_max=top)
 
     def _draw_network(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
@@ -455,11 +457,8 @@ class SysmonDashboard(widgets.VBox):
         found = warnings_for(sample) if sample is not None else []
         if not found:
             return ""
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in found)
-        return (
-            f"<div style='color:{_WARN_COLOR};font-weight:bold;padding:2px 0'>"
-            f"⚠ over {WARN_PERCENT:g} %:<ul style='margin:0'>{items}</ul></div>"
-        )
+        items = " · ".join(html.escape(w) for w in found)
+        return f"<div style='color:{_WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
 
 
 def warnings_for(sample: Status) -> list[str]:

@@ -158,7 +158,7 @@ def test_units_are_humanised_on_the_axes() -> None:
     dash.extend([sample(0, 999.0), sample(1, 1000.0)])
     memory = dash.charts["memory"]
     assert memory.y_axis.label == "GiB"
-    assert memory.y_scale.max == 20.0  # 16 GiB total, a round top
+    assert memory.y_scale.max == 25.0  # 16 GiB total, a round top with room for the legend
     assert np.nanmax(np.array(memory.lines.y)) == 16.0
     net = dash.charts["network"]
     assert net.y_axis.label == "B/s"
@@ -267,5 +267,5 @@ def test_units() -> None:
     assert human_bytes(200 * 1024**2, "/s") == "200 MiB/s"
     assert human_bytes(None) == "-"
     assert [nice_ceiling(v) for v in (0, 0.7, 1.0, 1.3, 2.2, 3, 23.5, 480)] == [
-        1.0, 1.0, 1.0, 2.0, 2.5, 5.0, 25.0, 500.0,
+        1.0, 1.0, 1.0, 1.5, 2.5, 3.0, 25.0, 500.0,
     ]  # fmt: skip
