@@ -52,7 +52,8 @@ class JupyterProcess:
         root_dir: Path | None = None,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
-        interval: float = 0.5,
+        interval: float | None = 0.5,
+        ready_path: str = "sysmon/api/status",
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -63,9 +64,10 @@ class JupyterProcess:
             python, "-m", app, "--allow-root", "--no-browser",
             f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
             "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={root_dir or tmp}",
-            f"--SysmonExtension.interval={interval}", *args,
+            f"--ServerApp.root_dir={root_dir or tmp}", *args,
         ]  # fmt: skip
+        if interval is not None:
+            command.append(f"--SysmonExtension.interval={interval}")
         self.proc = subprocess.Popen(
             command,
             stdout=self.log,
@@ -73,7 +75,7 @@ class JupyterProcess:
             env=env if env is not None else isolated_env(tmp),
             cwd=tmp,
         )
-        self.wait_ready()
+        self.wait_ready(ready_path)
 
     def get(self, path: str) -> tuple[int, bytes]:
         request = urllib.request.Request(
@@ -85,14 +87,14 @@ class JupyterProcess:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Until the server answers and has published a sample (bounded)."""
+    def wait_ready(self, path: str = "sysmon/api/status", timeout: float = 90.0) -> None:
+        """Until ``path`` answers 200 (by default: sysmon has published a sample)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if self.get("sysmon/api/status")[0] == 200:
+                if self.get(path)[0] == 200:
                     return
             except OSError:
                 pass
