@@ -33,7 +33,8 @@ TICK = 1.0
 
 log = logging.getLogger("sysmon_nb.magic")
 
-#: Monitors started in this kernel and not stopped yet.
+#: Monitors started in this kernel and not stopped yet (a refused one stays listed,
+#: with its reason, until ``%sysmon stop``).
 running: list[Monitor] = []
 
 
@@ -111,8 +112,6 @@ class Monitor:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            with contextlib.suppress(ValueError):
-                running.remove(self)
             if self.client.state.phase != "refused":
                 self.dashboard.set_state(ConnectionState("stopped", self.error or ""))
 

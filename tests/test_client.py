@@ -203,9 +203,13 @@ async def test_closed_with_4401_or_4403_is_final(code: int, reason: str) -> None
     async with fake_server(handler) as (url, paths):
         client = StatusClient(url, "t", backoff=lambda n: retries.append(n) or 0.0)
         seen: list[Any] = []
-        with pytest.raises(RefusedError) as err:
+
+        async def read_all() -> None:
             async for message in client.messages():
                 seen.append(message)
+
+        with pytest.raises(RefusedError) as err:
+            await asyncio.wait_for(read_all(), 10)
         await asyncio.sleep(0.3)  # time enough for a wrong reconnect to show
         assert len(paths) == 1
     assert [type(m) for m in seen] == [Hello]

@@ -77,14 +77,12 @@ def test_refused_dashboard_says_why_and_a_good_one_still_works(
     nb = notebook(
         "%load_ext sysmon_nb",
         WAIT_FOR,
-        "%sysmon",
-        "bad = m.running[0]\n"
+        "%sysmon\nbad = m.running[-1]",
         "await wait_for(lambda: bad.task.done())\n"
         "print(bad.client.state.describe()); print(bad.dashboard.header.value)",
-        "%sysmon --token-env GOOD_TOKEN --metrics cpu",
-        "good = m.running[-1]\n"
-        "await wait_for(lambda: len(good.dashboard.samples) >= 2)\n"
-        "print(good.client.state.phase)",
+        "%sysmon --token-env GOOD_TOKEN --metrics cpu\ngood = m.running[-1]",
+        "await wait_for(lambda: len(good.dashboard.samples) >= 2)\nprint(good.client.state.phase)",
+        "%sysmon status",
         "%sysmon stop",
     )
     execute(nb, tmp_path, env)
@@ -92,6 +90,9 @@ def test_refused_dashboard_says_why_and_a_good_one_still_works(
     assert refused.startswith("refused: HTTP 403")
     assert "refused: HTTP 403" in refused.splitlines()[1]  # shown in the header
     assert outputs_text(nb.cells[5]).strip() == "connected"
+    status = outputs_text(nb.cells[6]).splitlines()
+    assert "refused: HTTP 403" in status[0] and "connected" in status[1]
+    assert "stopped 2 dashboard(s)" in outputs_text(nb.cells[7])
 
 
 USAGE_ERRORS = [
