@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -135,12 +136,8 @@ def _refusal(exc: BaseException) -> str | None:
         status = response.status_code
         if 400 <= status < 500:
             message = ""
-            try:
-                import json
-
+            with contextlib.suppress(ValueError, AttributeError):
                 message = str(json.loads(response.body or b"{}").get("message") or "")
-            except (ValueError, AttributeError):
-                pass
             if status == 404:
                 message = message or "no sysmon endpoint here; is the extension enabled?"
             return f"HTTP {status}" + (f": {message}" if message else "")
