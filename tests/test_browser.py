@@ -113,6 +113,9 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
             page.screenshot(path=str(shot.with_name(shot.stem + "-page.png")))
             errors = page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
             assert errors == 0, "a cell failed in the browser"
+            # %sysmon status: the kernel found its own server through the runtime files.
+            status = page.locator(".jp-OutputArea-output:has-text('<sysmon monitor')").first
+            assert "(running server (pid" in status.inner_text()
             return first, second
         finally:
             browser.close()
