@@ -25,7 +25,8 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	@echo "sysmon-nb: the latest sample is at http://127.0.0.1:$(PORT)/sysmon/api/status"
 	@echo "           and the live stream at ws://127.0.0.1:$(PORT)/sysmon/ws (see README)"
-	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) $(ROOT_FLAG)
+	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) $(ROOT_FLAG) \
+		--LabApp.default_url=/lab/tree/demo.ipynb
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .

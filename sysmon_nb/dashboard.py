@@ -1,0 +1,493 @@
+"""SysmonDashboard: an ipywidgets box of bqplot charts fed by status messages.
+
+The widget knows nothing of sockets: :meth:`SysmonDashboard.update` takes decoded
+messages (``hello``, ``history``, ``status``) and :meth:`SysmonDashboard.set_state` takes
+the client's :class:`~sysmon_nb.client.ConnectionState`. It keeps a rolling window of
+samples (bounded in count as well as time, however long it runs) and redraws every chart
+inside one ``hold_sync()`` per update, so each widget sends at most one message.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import bqplot
+import ipywidgets as widgets
+import numpy as np
+
+from .client import ConnectionState
+from .protocol import GROUPS, Hello, History, ServerMessage, Status
+
+#: Charts drawn, and the metric groups each needs.
+CHARTS: dict[str, tuple[str, ...]] = {
+    "cpu": ("cpu",),
+    "memory": ("memory", "container"),
+    "network": ("network",),
+    "disk": ("disk",),
+    "gpu": ("gpu",),
+}
+#: Samples kept before the server's interval is known.
+MAX_POINTS = 10_000
+#: Percentages at or over this are shown as a warning.
+WARN_PERCENT = 90.0
+DEFAULT_WINDOW = 600.0
+#: Room above the highest line, for the legend.
+HEADROOM = 1.35
+
+_BINARY_UNITS = (("TiB", 1024.0**4), ("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0))
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_WARN_COLOR = "#d62728"
+
+
+def byte_unit(peak: float) -> tuple[str, float]:
+    """The binary unit (and its size in bytes) that shows ``peak`` as a short number."""
+    for name, size in _BINARY_UNITS:
+        if peak >= size:
+            return name, size
+    return "B", 1.0
+
+
+def human_bytes(value: float | None, suffix: str = "") -> str:
+    """``1536`` -> ``"1.5 KiB"``; None -> ``"-"``."""
+    if value is None:
+        return "-"
+    name, size = byte_unit(abs(value))
+    number = value / size
+    text = f"{number:.0f}" if name == "B" or number >= 100 else f"{number:.1f}"
+    return f"{text} {name}{suffix}"
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5 times a power of ten that is >= ``value``:
+    an axis top whose fifths are round numbers; 1 for nothing to show."""
+    if not value > 0 or not math.isfinite(value):
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    for step in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0):
+        if value <= step * power * (1 + 1e-9):
+            return step * power
+    return 10.0 * power
+
+
+def parse_window(value: str | float) -> float:
+    """``"10m"``, ``"90s"``, ``"1h"`` or a number of seconds -> seconds (> 0)."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        factor = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:])
+        try:
+            seconds = float(text[:-1]) * factor if factor else float(text)
+        except ValueError:
+            raise ValueError(
+                f"window must be seconds or like 90s, 10m, 1h; got {value!r}"
+            ) from None
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValueError(f"window must be > 0 seconds; got {value!r}")
+    return seconds
+
+
+def _num(value: Any) -> float:
+    """A JSON number, or NaN (drawn as a gap) for null and anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
+class _Chart:
+    """One bqplot Figure: a date x axis, a linear y axis from 0, a legended Lines mark
+    and a faint one without legend (per-core lines)."""
+
+    def __init__(self, title: str, y_label: str, *, y_max: float | None = None) -> None:
+        self.x_scale = bqplot.DateScale()
+        self.y_scale = bqplot.LinearScale(min=0.0, max=y_max, allow_padding=False)
+        self.x_axis = bqplot.Axis(
+            scale=self.x_scale, tick_format="%H:%M:%S", num_ticks=5, grid_lines="none"
+        )
+        self.y_axis = bqplot.Axis(
+            scale=self.y_scale,
+            side="left",
+            label=y_label,
+            tick_format=".3~g",
+            num_ticks=6,
+            grid_lines="dashed",
+            label_offset="42px",
+        )
+        scales = {"x": self.x_scale, "y": self.y_scale}
+        self.faint = bqplot.Lines(
+            x=np.zeros(0),
+            y=np.zeros((1, 0)),
+            scales=scales,
+            display_legend=False,
+            stroke_width=1,
+            colors=["#9ecae1"],
+        )
+        self.lines = bqplot.Lines(
+            x=np.zeros(0),
+            y=np.zeros((1, 0)),
+            scales=scales,
+            display_legend=True,
+            stroke_width=2,
+            colors=list(_COLORS),
+        )
+        self.figure = bqplot.Figure(
+            marks=[self.faint, self.lines],
+            axes=[self.x_axis, self.y_axis],
+            title=title,
+            legend_location="top-left",
+            legend_style={"fill": "white", "fill-opacity": 0.75, "stroke-width": 0},
+            legend_text={"font-size": "12px"},
+            fig_margin={"top": 40, "bottom": 35, "left": 65, "right": 35},
+            animation_duration=0,
+            layout=widgets.Layout(width="100%", height="260px", min_width="320px"),
+            title_style={"font-size": "14px"},
+        )
+
+    def synced(self) -> list[Any]:
+        return [self.faint, self.lines, self.y_scale, self.y_axis, self.figure]
+
+    def draw(
+        self,
+        x: np.ndarray,
+        rows: Sequence[Sequence[float]],
+        labels: list[str],
+        title: str,
+        *,
+        colors: list[str] | None = None,
+        faint: Sequence[Sequence[float]] = (),
+        y_label: str | None = None,
+        y_max: float | None = None,
+    ) -> None:
+        if len(x) < 2:  # bqplot squeezes a one-point array to a scalar it then refuses
+            x, rows, faint = np.zeros(0), [[] for _ in rows], [[] for _ in faint]
+        self.lines.x = x
+        self.lines.y = np.asarray(rows, dtype=float).reshape(len(rows), len(x))
+        self.lines.labels = labels
+        self.lines.colors = colors or list(_COLORS)
+        if faint and len(x):
+            self.faint.x = x
+            self.faint.y = np.asarray(faint, dtype=float).reshape(len(faint), len(x))
+        elif len(self.faint.x):
+            self.faint.x = np.zeros(0)
+            self.faint.y = np.zeros(0)
+        self.figure.title = title
+        if y_label is not None:
+            self.y_axis.label = y_label
+        if y_max is not None:
+            self.y_scale.max = y_max
+
+
+class SysmonDashboard(widgets.VBox):
+    """Live charts of one sysmon server.
+
+    ``metrics`` limits the charts (empty: every group); ``window`` is how many seconds
+    of history the charts show (default 10 minutes).
+    """
+
+    def __init__(
+        self, metrics: Iterable[str] = (), window: float = DEFAULT_WINDOW, **kwargs: Any
+    ) -> None:
+        self.metrics = tuple(metrics) or GROUPS
+        self.window = parse_window(window)
+        self.samples: deque[Status] = deque(maxlen=MAX_POINTS)
+        self.hello: Hello | None = None
+        self.state = ConnectionState("connecting")
+        self.updates = 0
+
+        self.header = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.warnings = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.processes = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.charts: dict[str, _Chart] = {}
+        wanted = set(self.metrics)
+        if "cpu" in wanted:
+            self.charts["cpu"] = _Chart("CPU", "percent", y_max=100.0)
+        if "memory" in wanted:
+            self.charts["memory"] = _Chart("Memory", "GiB")
+        if "network" in wanted:
+            self.charts["network"] = _Chart("Network", "KiB/s")
+        if "disk" in wanted:
+            self.charts["disk"] = _Chart("Disk", "KiB/s")
+        if "gpu" in wanted:
+            self.charts["gpu"] = _Chart("GPU", "percent", y_max=100.0)
+            self.charts["gpu"].figure.layout.display = "none"
+        grid = widgets.GridBox(
+            [c.figure for c in self.charts.values()],
+            layout=widgets.Layout(
+                grid_template_columns="repeat(auto-fill, minmax(420px, 1fr))",
+                width="100%",
+                grid_gap="4px",
+            ),
+        )
+        self.processes.layout.display = "none" if "processes" not in wanted else None
+        super().__init__(
+            [self.header, self.warnings, grid, self.processes],
+            layout=widgets.Layout(width="100%"),
+            **kwargs,
+        )
+        self._synced: list[Any] = [self.header, self.warnings, self.processes]
+        for chart in self.charts.values():
+            self._synced.extend(chart.synced())
+        self.refresh_header()
+
+    # -- input -----------------------------------------------------------------------
+
+    def update(self, message: ServerMessage) -> None:
+        """Take one decoded message from the server and redraw."""
+        if isinstance(message, Hello):
+            self.hello = message
+            points = math.ceil(self.window / message.interval) + 2
+            self.samples = deque(self.samples, maxlen=max(2, min(MAX_POINTS, points)))
+        elif isinstance(message, History):
+            self.samples.extend(message.samples)
+        elif isinstance(message, Status):
+            self.samples.append(message)
+        else:
+            return
+        self._trim()
+        self.redraw()
+
+    def set_state(self, state: ConnectionState) -> None:
+        """Show the client's connection state in the header."""
+        self.state = state
+        self.refresh_header()
+
+    def extend(self, samples: Iterable[Status]) -> None:
+        """Add samples without a server (tests, replays) and redraw once."""
+        self.samples.extend(samples)
+        self._trim()
+        self.redraw()
+
+    # -- drawing ---------------------------------------------------------------------
+
+    def _trim(self) -> None:
+        if not self.samples:
+            return
+        oldest = self.samples[-1].time - self.window
+        while self.samples and self.samples[0].time < oldest:
+            self.samples.popleft()
+
+    def redraw(self) -> None:
+        """Redraw every chart from the window, one ``hold_sync`` around it all."""
+        self.updates += 1
+        samples = list(self.samples)
+        with ExitStack() as stack:
+            for widget in self._synced:
+                stack.enter_context(widget.hold_sync())
+            if samples:
+                x = np.array([round(s.time * 1000) for s in samples], dtype=np.int64)
+                x = x.astype("datetime64[ms]")
+                for name, chart in self.charts.items():
+                    getattr(self, f"_draw_{name}")(chart, x, samples)
+                self._draw_processes(samples[-1])
+            self.warnings.value = self._warnings_html(samples[-1] if samples else None)
+            self.refresh_header()
+
+    def refresh_header(self, now: float | None = None) -> None:
+        """Redraw the header (state, age of the last sample); cheap, call it often."""
+        now = time.time() if now is None else now
+        host = self.hello.host if self.hello else (self.samples[-1].host if self.samples else "…")
+        interval = self.hello.interval if self.hello else None
+        state = self.state.describe(now)
+        color = {"connected": "#2ca02c", "refused": _WARN_COLOR, "stopped": "#7f7f7f"}.get(
+            self.state.phase, "#ff7f0e"
+        )
+        age = human_age(now - self.samples[-1].time) if self.samples else "no sample yet"
+        parts = [
+            f"<b style='font-size:15px'>sysmon · {html.escape(host)}</b>",
+            f"<span style='color:{color}'>● {html.escape(state)}</span>",
+            f"every {interval:g} s" if interval else "",
+            f"last sample {age}",
+            f"{len(self.samples)} samples in the last {self.window / 60:g} min",
+        ]
+        self.header.value = (
+            "<div style='display:flex;gap:18px;align-items:baseline;flex-wrap:wrap;"
+            "padding:4px 2px;border-bottom:1px solid #ddd'>"
+            + "".join(f"<span>{p}</span>" for p in parts if p)
+            + "</div>"
+        )
+
+    def _draw_cpu(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+        groups = [s.groups.get("cpu", {}) for s in samples]
+        total = [_num(g.get("percent")) for g in groups]
+        cores = max((len(g.get("per_cpu") or ()) for g in groups), default=0)
+        per_core = [
+            [_num((list(g.get("per_cpu") or ()) + [None] * cores)[core]) for g in groups]
+            for core in range(cores)
+        ]
+        last = groups[-1]
+        title = f"CPU {_pct(last.get('percent'))}"
+        if last.get("count"):
+            title += f" of {last['count']} cores"
+        if last.get("load_1m") is not None:
+            title += f" · load {last['load_1m']:.2f}"
+        label = "total" if cores == 0 else f"total (faint: each of {cores} cores)"
+        chart.draw(x, [total], [label], title, faint=per_core)
+
+    def _draw_memory(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+        mems = [s.groups.get("memory", {}) for s in samples]
+        conts = [s.groups.get("container", {}) for s in samples]
+        series = {
+            "used": [_num(m.get("used_bytes")) for m in mems],
+            "swap used": [_num(m.get("swap_used_bytes")) for m in mems],
+            "total": [_num(m.get("total_bytes")) for m in mems],
+        }
+        colors = ["#1f77b4", "#ff7f0e", "#7f7f7f"]
+        limit = [_num(c.get("memory_limit_bytes")) for c in conts]
+        if any(not math.isnan(v) for v in limit):
+            series["container limit"] = limit
+            series["container used"] = [_num(c.get("memory_used_bytes")) for c in conts]
+            colors += [_WARN_COLOR, "#9467bd"]
+        peak = np.nanmax([np.nanmax(v) if not np.all(np.isnan(v)) else 0 for v in series.values()])
+        unit, size = byte_unit(float(peak))
+        rows = [[v / size for v in values] for values in series.values()]
+        last = mems[-1]
+        title = "Memory"
+        if last.get("used_bytes") is not None:
+            title += (
+                f" {human_bytes(last['used_bytes'])} of {human_bytes(last.get('total_bytes'))}"
+                f" ({_pct(last.get('percent'))})"
+            )
+        if last.get("swap_used_bytes"):
+            title += f" · swap {human_bytes(last['swap_used_bytes'])}"
+        top = nice_ceiling(HEADROOM * float(peak) / size)
+        chart.draw(x, rows, list(series), title, colors=colors, y_label=unit, y_max=top)
+
+    def _draw_rates(
+        self, chart: _Chart, x: np.ndarray, samples: list[Status], group: str, names: dict[str, str]
+    ) -> None:
+        data = [s.groups.get(group, {}) for s in samples]
+        series = {label: [_num(d.get(key)) for d in data] for key, label in names.items()}
+        values = np.array(list(series.values()), dtype=float)
+        peak = float(np.nanmax(values)) if not np.all(np.isnan(values)) else 0.0
+        unit, size = byte_unit(peak)
+        rows = [[v / size for v in vals] for vals in series.values()]
+        last = data[-1]
+        now = " · ".join(
+            f"{label} {human_bytes(last.get(key), '/s')}" for key, label in names.items()
+        )
+        title = f"{group.capitalize()} {now}"
+        top = nice_ceiling(HEADROOM * peak / size)
+        chart.draw(x, rows, list(series), title, y_label=f"{unit}/s", y_max=top)
+
+    def _draw_network(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+        names = {"recv_bytes_per_s": "receive", "sent_bytes_per_s": "send"}
+        self._draw_rates(chart, x, samples, "network", names)
+
+    def _draw_disk(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+        names = {"read_bytes_per_s": "read", "write_bytes_per_s": "write"}
+        self._draw_rates(chart, x, samples, "disk", names)
+
+    def _draw_gpu(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+        devices: dict[int, str] = {}
+        for s in samples:
+            for d in s.groups.get("gpu", {}).get("devices") or ():
+                devices.setdefault(int(d.get("index", 0)), str(d.get("name", "GPU")))
+        if not devices:
+            chart.figure.layout.display = "none"
+            return
+        chart.figure.layout.display = None
+        rows: list[list[float]] = []
+        labels: list[str] = []
+        for index in sorted(devices):
+            util: list[float] = []
+            mem: list[float] = []
+            for s in samples:
+                found = [
+                    d
+                    for d in s.groups.get("gpu", {}).get("devices") or ()
+                    if d.get("index") == index
+                ]
+                dev: dict[str, Any] = found[0] if found else {}
+                util.append(_num(dev.get("utilization_percent")))
+                used = _num(dev.get("memory_used_bytes"))
+                total = _num(dev.get("memory_total_bytes"))
+                mem.append(100.0 * used / total if total and total > 0 else math.nan)
+            rows += [util, mem]
+            labels += [f"GPU{index} util", f"GPU{index} memory"]
+        colors = [c for i in range(len(devices)) for c in (_COLORS[i % 7], _COLORS[(i + 3) % 7])]
+        last = samples[-1].groups.get("gpu", {}).get("devices") or []
+        title = "GPU " + " · ".join(
+            f"{d.get('index')}: {_pct(d.get('utilization_percent'))}" for d in last
+        )
+        chart.draw(x, rows, labels, title, colors=colors)
+
+    def _draw_processes(self, sample: Status) -> None:
+        group = sample.groups.get("processes")
+        if not group:
+            return
+        rows = group.get("top_cpu") or []
+        cells = "".join(
+            "<tr style='border-top:1px solid #eee'>"
+            f"<td>{int(p.get('pid', 0))}</td>"
+            f"<td>{html.escape(str(p.get('name', '')))}</td>"
+            f"<td>{html.escape(str(p.get('user') or ''))}</td>"
+            f"<td style='text-align:right'>{_pct(p.get('cpu_percent'))}</td>"
+            f"<td style='text-align:right'>{human_bytes(p.get('rss_bytes'))}</td>"
+            "</tr>"
+            for p in rows
+        )
+        self.processes.value = (
+            f"<div style='margin-top:6px'><b>Top processes by CPU</b>"
+            f" ({group.get('count', '?')} processes)"
+            "<style>.sysmon-top td, .sysmon-top th {padding: 2px 14px 2px 0}</style>"
+            "<table style='border-collapse:collapse;margin-top:4px;font-size:13px' "
+            "class='sysmon-top'>"
+            "<thead><tr><th style='text-align:left'>pid</th><th style='text-align:left'>name"
+            "</th><th style='text-align:left'>user</th><th style='text-align:right'>CPU</th>"
+            "<th style='text-align:right'>memory (RSS)</th></tr></thead>"
+            f"<tbody>{cells}</tbody></table></div>"
+        )
+
+    def _warnings_html(self, sample: Status | None) -> str:
+        found = warnings_for(sample) if sample is not None else []
+        if not found:
+            return ""
+        items = " · ".join(html.escape(w) for w in found)
+        return f"<div style='color:{_WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
+
+
+def warnings_for(sample: Status) -> list[str]:
+    """Human sentences for every value at or over :data:`WARN_PERCENT` in a sample."""
+    found: list[str] = []
+    g = sample.groups
+
+    def check(label: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and value >= WARN_PERCENT:
+            found.append(f"{label} at {value:.0f} %")
+
+    check("CPU", g.get("cpu", {}).get("percent"))
+    check("memory", g.get("memory", {}).get("percent"))
+    check("swap", g.get("memory", {}).get("swap_percent"))
+    for mount in g.get("disk", {}).get("mounts") or ():
+        check(f"disk {mount.get('path')}", mount.get("percent"))
+    container = g.get("container", {})
+    limit, used = container.get("memory_limit_bytes"), container.get("memory_used_bytes")
+    if isinstance(limit, (int, float)) and limit > 0 and isinstance(used, (int, float)):
+        check("container memory (of its limit)", 100.0 * used / limit)
+    for dev in g.get("gpu", {}).get("devices") or ():
+        check(f"GPU{dev.get('index')} utilisation", dev.get("utilization_percent"))
+        used, total = dev.get("memory_used_bytes"), dev.get("memory_total_bytes")
+        if isinstance(used, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            check(f"GPU{dev.get('index')} memory", 100.0 * used / total)
+    return found
+
+
+def _pct(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.0f} %"
+    return "-"

@@ -1,0 +1,271 @@
+"""SysmonDashboard with a recording comm (as ipywidgets' own tests do): no browser."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import comm
+import numpy as np
+import pytest
+
+from sysmon_nb.client import ConnectionState
+from sysmon_nb.dashboard import (
+    SysmonDashboard,
+    byte_unit,
+    human_bytes,
+    nice_ceiling,
+    parse_window,
+    warnings_for,
+)
+from sysmon_nb.protocol import Hello, History, Status
+
+GIB = 1024**3
+
+
+class RecordingComm:
+    """Stands in for the kernel's comm: keeps every message a widget sends."""
+
+    comm_id = "recording"
+    kernel = "present"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.comm_id = f"c{id(self)}"
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_msg(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def send(self, data: Any = None, buffers: Any = None, **kwargs: Any) -> None:
+        self.messages.append(data)
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def recording_comm(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(comm, "create_comm", lambda **kwargs: RecordingComm(**kwargs))
+    yield
+
+
+def sample(seq: int, at: float, **over: Any) -> Status:
+    groups: dict[str, Any] = {
+        "cpu": {
+            "percent": 10.0 + seq % 50,
+            "per_cpu": [5.0 + seq % 40, 20.0],
+            "count": 2,
+            "load_1m": 0.5,
+        },
+        "memory": {
+            "total_bytes": 16 * GIB,
+            "used_bytes": (4 + seq % 3) * GIB,
+            "percent": 30.0,
+            "swap_used_bytes": 0,
+            "swap_percent": 0.0,
+        },
+        "network": {"recv_bytes_per_s": 1000.0 * seq, "sent_bytes_per_s": 500.0},
+        "disk": {"read_bytes_per_s": None if seq == 0 else 2e6, "write_bytes_per_s": 1e6},
+        "processes": {
+            "count": 99,
+            "top_cpu": [
+                {
+                    "pid": 7,
+                    "name": "<b>python</b>",
+                    "user": "ann",
+                    "cpu_percent": 42.0,
+                    "rss_bytes": 3 * 1024**2,
+                }
+            ],
+        },
+        "container": {"memory_limit_bytes": None, "memory_used_bytes": None},
+        "gpu": {"devices": []},
+    }
+    groups.update(over)
+    return Status(seq=seq, time=at, host="box", interval=1.0, groups=groups)
+
+
+def hello(interval: float = 1.0) -> Hello:
+    return Hello(server="1", host="box", interval=interval, metrics=("cpu",), subscribed=("cpu",))
+
+
+def sent(widget: Any) -> list[dict[str, Any]]:
+    return [m for m in widget.comm.messages if m.get("method") == "update"]
+
+
+def test_updates_move_the_lines() -> None:
+    dash = SysmonDashboard(window=60)
+    dash.update(hello())
+    dash.update(History(samples=tuple(sample(i, 1000.0 + i) for i in range(5))))
+    cpu = dash.charts["cpu"].lines
+    before = np.atleast_2d(cpu.y).copy()
+    assert before.shape == (1, 5)
+    dash.update(sample(5, 1005.0))
+    after = np.atleast_2d(cpu.y)
+    assert after.shape == (1, 6)
+    assert after[0, -1] == 15.0
+    assert np.array(dash.charts["cpu"].faint.y).shape == (2, 6)  # one faint line per core
+    assert list(dash.charts["network"].lines.labels) == ["receive", "send"]
+    assert "box" in dash.header.value and "connected" not in dash.header.value
+    assert "&lt;b&gt;python&lt;/b&gt;" in dash.processes.value  # names are escaped
+
+
+def test_history_shows_at_once_rather_than_an_empty_chart() -> None:
+    dash = SysmonDashboard()
+    dash.update(hello())
+    dash.update(History(samples=tuple(sample(i, 1000.0 + i) for i in range(30))))
+    assert len(dash.charts["memory"].lines.x) == 30
+
+
+def test_the_window_stays_bounded_after_thousands_of_updates() -> None:
+    dash = SysmonDashboard(metrics=["cpu", "network"], window=60)
+    dash.update(hello(interval=1.0))
+    for i in range(2000):
+        dash.update(sample(i, 1000.0 + i))
+    assert len(dash.samples) <= 62
+    assert dash.samples.maxlen == 62
+    x = np.array(dash.charts["cpu"].lines.x)
+    assert len(x) <= 62
+    span = (x[-1] - x[0]) / np.timedelta64(1, "s")
+    assert span <= 60
+    # ... also before the server said its interval, by time.
+    dash = SysmonDashboard(metrics=["cpu"], window=60)
+    for i in range(1000):
+        dash.update(sample(i, 1000.0 + i / 10))
+    assert len(dash.samples) <= 601
+    assert dash.samples[-1].seq == 999
+
+
+def test_one_sync_message_per_widget_per_update() -> None:
+    dash = SysmonDashboard(window=60)
+    dash.update(hello())
+    dash.update(sample(0, 1000.0))
+    watched = [dash.header, dash.charts["cpu"].lines, dash.charts["memory"].lines]
+    counts = [len(sent(w)) for w in watched]
+    dash.update(sample(1, 1001.0))
+    assert [len(sent(w)) - c for w, c in zip(watched, counts)] == [1, 1, 1]
+    update = sent(dash.charts["cpu"].lines)[-1]["state"]
+    assert {"x", "y"} <= set(update)  # both arrays in the same message
+
+
+def test_units_are_humanised_on_the_axes() -> None:
+    dash = SysmonDashboard(window=60)
+    dash.update(hello())
+    dash.extend([sample(0, 999.0), sample(1, 1000.0)])
+    memory = dash.charts["memory"]
+    assert memory.y_axis.label == "GiB"
+    assert memory.y_scale.max == 25.0  # 16 GiB total, a round top with room for the legend
+    assert np.nanmax(np.array(memory.lines.y)) == 16.0
+    net = dash.charts["network"]
+    assert net.y_axis.label == "B/s"
+    dash.update(sample(5000, 1001.0))  # 5 MB/s received
+    assert net.y_axis.label == "MiB/s"
+    assert "Memory 6.0 GiB of 16.0 GiB (30 %)" in memory.figure.title
+
+
+def test_a_null_rate_is_a_gap_not_a_zero() -> None:
+    dash = SysmonDashboard(window=60)
+    dash.update(hello())
+    dash.extend([sample(0, 1000.0), sample(1, 1001.0)])
+    read = np.atleast_2d(dash.charts["disk"].lines.y)[0]
+    assert math.isnan(read[0]) and read[1] > 0
+
+
+def test_container_limit_and_gpus_are_drawn_when_known() -> None:
+    dash = SysmonDashboard(window=60)
+    assert dash.charts["gpu"].figure.layout.display == "none"
+    gpu = {
+        "devices": [
+            {
+                "index": 0,
+                "name": "H100",
+                "utilization_percent": 95.0,
+                "memory_used_bytes": 79 * GIB,
+                "memory_total_bytes": 80 * GIB,
+            },
+            {
+                "index": 1,
+                "name": "H100",
+                "utilization_percent": 5.0,
+                "memory_used_bytes": 1 * GIB,
+                "memory_total_bytes": 80 * GIB,
+            },
+        ]
+    }
+    container = {"memory_limit_bytes": 8 * GIB, "memory_used_bytes": 7.5 * GIB}
+    dash.update(hello())
+    dash.update(sample(1, 1000.0, gpu=gpu, container=container))
+    assert "container limit" in dash.charts["memory"].lines.labels
+    assert dash.charts["gpu"].figure.layout.display is None
+    assert list(dash.charts["gpu"].lines.labels) == [
+        "GPU0 util", "GPU0 memory", "GPU1 util", "GPU1 memory",
+    ]  # fmt: skip
+    assert "GPU0 utilisation at 95 %" in dash.warnings.value
+    assert "container memory (of its limit) at 94 %" in dash.warnings.value
+
+
+def test_warnings_over_ninety_percent() -> None:
+    hot = sample(
+        1,
+        1.0,
+        cpu={"percent": 97.0, "per_cpu": []},
+        memory={"percent": 91.0, "swap_percent": 10.0},
+        disk={"mounts": [{"path": "/", "percent": 99.5}]},
+    )
+    assert warnings_for(hot) == ["CPU at 97 %", "memory at 91 %", "disk / at 100 %"]
+    assert warnings_for(sample(1, 1.0)) == []
+    dash = SysmonDashboard()
+    dash.update(hot)
+    assert "CPU at 97 %" in dash.warnings.value
+    dash.update(sample(2, 2.0))
+    assert dash.warnings.value == ""
+
+
+def test_header_shows_state_interval_and_age() -> None:
+    dash = SysmonDashboard()
+    dash.update(hello(interval=5.0))
+    dash.update(sample(1, 1000.0))
+    dash.set_state(ConnectionState("connected"))
+    dash.refresh_header(now=1003.0)
+    assert "connected" in dash.header.value
+    assert "every 5 s" in dash.header.value
+    assert "last sample 3 s ago" in dash.header.value
+    dash.set_state(ConnectionState("reconnecting", "dropped", 1010.0))
+    dash.refresh_header(now=1006.0)
+    assert "reconnecting in 4 s" in dash.header.value
+    dash.set_state(ConnectionState("refused", "HTTP 403: not an administrator"))
+    assert "refused: HTTP 403: not an administrator" in dash.header.value
+
+
+def test_metrics_limit_the_charts() -> None:
+    dash = SysmonDashboard(metrics=["cpu", "memory"])
+    assert list(dash.charts) == ["cpu", "memory"]
+    assert dash.processes.layout.display == "none"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("10m", 600.0), ("90s", 90.0), ("1h", 3600.0), ("45", 45.0), (30, 30.0)]
+)
+def test_parse_window(value: Any, seconds: float) -> None:
+    assert parse_window(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-5m", "ten", "nanm", "inf"])
+def test_parse_window_refuses(value: str) -> None:
+    with pytest.raises(ValueError, match="window"):
+        parse_window(value)
+
+
+def test_units() -> None:
+    assert byte_unit(3 * GIB) == ("GiB", GIB)
+    assert byte_unit(10) == ("B", 1.0)
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(200 * 1024**2, "/s") == "200 MiB/s"
+    assert human_bytes(None) == "-"
+    assert [nice_ceiling(v) for v in (0, 0.7, 1.0, 1.3, 2.2, 3, 23.5, 480)] == [
+        1.0, 1.0, 1.0, 1.5, 2.5, 3.0, 25.0, 500.0,
+    ]  # fmt: skip

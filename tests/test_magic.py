@@ -1,0 +1,123 @@
+"""%sysmon in a real kernel (nbclient) against a real server process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from .servers import TOKEN, execute, isolated_env, jupyter, outputs_text
+
+__all__ = ["jupyter"]
+
+WAIT_FOR = """
+import asyncio, json, psutil, sysmon_nb.magic as m
+
+async def wait_for(condition, timeout=30.0):
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+def sysmon_tasks():
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("sysmon ")]
+
+def sockets_to(port):
+    return [c for c in psutil.Process().net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
+"""
+
+
+def notebook(*sources: str) -> Any:
+    return new_notebook(cells=[new_code_cell(s) for s in sources])
+
+
+@pytest.mark.timeout(150)
+def test_sysmon_runs_between_cells_and_stop_leaves_nothing_behind(
+    jupyter: Any, tmp_path: Path
+) -> None:
+    server = jupyter(interval=0.3)
+    env = isolated_env(tmp_path, SYSMON_URL=server.url, SYSMON_TOKEN=TOKEN)
+    nb = notebook(
+        "%load_ext sysmon_nb",
+        WAIT_FOR,
+        "%sysmon --metrics cpu,memory --window 1m",
+        # the task runs while the kernel is idle between cells
+        "await wait_for(lambda: m.running and len(m.running[0].dashboard.samples) >= 3)\n"
+        f"print(len(sysmon_tasks()), len(sockets_to({server.port})))",
+        "%sysmon status",
+        "%sysmon stop",
+        f"await wait_for(lambda: not sysmon_tasks() and not sockets_to({server.port}))\n"
+        "print(json.dumps({'tasks': len(sysmon_tasks()), 'running': len(m.running)}))",
+    )
+    execute(nb, tmp_path, env)
+    cells = nb.cells
+    assert outputs_text(cells[3]).split() == ["1", "1"]
+    assert "(SYSMON_URL): connected" in outputs_text(cells[4])
+    assert "stopped 1 dashboard(s)" in outputs_text(cells[5])
+    assert json.loads(outputs_text(cells[6])) == {"tasks": 0, "running": 0}
+    # the widget was displayed, with its charts
+    shown = cells[2].outputs[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown
+    # the server saw the client leave and serves on
+    assert server.get("sysmon/api/status")[0] == 200
+
+
+@pytest.mark.timeout(150)
+def test_refused_dashboard_says_why_and_a_good_one_still_works(
+    jupyter: Any, tmp_path: Path
+) -> None:
+    server = jupyter(interval=0.3)
+    env = isolated_env(tmp_path, SYSMON_URL=server.url, SYSMON_TOKEN="wrong", GOOD_TOKEN=TOKEN)
+    nb = notebook(
+        "%load_ext sysmon_nb",
+        WAIT_FOR,
+        "%sysmon\nbad = m.running[-1]",
+        "await wait_for(lambda: bad.task.done())\n"
+        "print(bad.client.state.describe()); print(bad.dashboard.header.value)",
+        "%sysmon --token-env GOOD_TOKEN --metrics cpu\ngood = m.running[-1]",
+        "await wait_for(lambda: len(good.dashboard.samples) >= 2)\nprint(good.client.state.phase)",
+        "%sysmon status",
+        "%sysmon stop",
+    )
+    execute(nb, tmp_path, env)
+    refused = outputs_text(nb.cells[3])
+    assert refused.startswith("refused: HTTP 403")
+    assert "refused: HTTP 403" in refused.splitlines()[1]  # shown in the header
+    assert outputs_text(nb.cells[5]).strip() == "connected"
+    status = outputs_text(nb.cells[6]).splitlines()
+    assert "refused: HTTP 403" in status[0] and "connected" in status[1]
+    assert "stopped 2 dashboard(s)" in outputs_text(nb.cells[7])
+
+
+USAGE_ERRORS = [
+    ("%sysmon --metrics cpu,bogus", "unknown metric group(s) 'bogus'"),
+    ("%sysmon --window soon", "window must be seconds"),
+    ("%sysmon --history -3", "history must be >= 0"),
+    ("%sysmon --token-env MISSING_VAR", "MISSING_VAR is not set"),
+    ("%sysmon restart", "invalid choice"),
+    ("%sysmon", "cannot find the sysmon server"),
+]
+
+
+@pytest.mark.timeout(120)
+def test_usage_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    nb = notebook("%load_ext sysmon_nb", *(line for line, _ in USAGE_ERRORS), "print('alive')")
+    execute(nb, tmp_path, isolated_env(tmp_path), allow_errors=True)
+    for cell, (line, message) in zip(nb.cells[1:], USAGE_ERRORS):
+        text = outputs_text(cell)
+        assert "UsageError" in text, (line, cell.outputs)
+        assert message in text, (line, text)
+        assert "Traceback" not in text
+    assert outputs_text(nb.cells[-1]).strip() == "alive"
+
+
+def test_the_notebook_format_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent / "notebooks"
+    for path in root.glob("*.ipynb"):
+        nbformat.validate(nbformat.read(path, as_version=4))
