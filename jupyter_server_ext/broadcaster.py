@@ -1,7 +1,9 @@
 """SystemStatusBroadcaster: one sample in, one frame per subscription set out.
 
-It knows nothing of tornado: a subscriber is given a ``send(frame) -> Future | None``
-callable by its connection. Everything here runs on the server's event loop.
+It never touches a connection: a subscriber is given a ``send(frame) -> Future | None``
+callable by its connection. A :class:`~.fanout.Frame` is built once per subscription set
+and the same object goes to every subscriber in it, so its wire bytes (plain or
+compressed) are built once too. Everything here runs on the server's event loop.
 
 Each subscriber has a bounded buffer. While its previous frame is still being written
 (the client is slow or not reading), new frames queue there; when it is full the oldest
@@ -19,9 +21,11 @@ from typing import Any
 
 from sysmon_nb.protocol import Status, encode
 
+from .fanout import Frame
+
 log = logging.getLogger("sysmon_nb.broadcaster")
 
-Send = Callable[[str], "asyncio.Future[Any] | None"]
+Send = Callable[[Frame], "asyncio.Future[Any] | None"]
 
 
 class Subscriber:
@@ -33,7 +37,7 @@ class Subscriber:
         self.delivered = 0
         self.closed = False
         self._send = send
-        self._pending: deque[str] = deque(maxlen=max(1, buffer_size))
+        self._pending: deque[Frame] = deque(maxlen=max(1, buffer_size))
         self._writing = False
 
     @property
@@ -41,7 +45,7 @@ class Subscriber:
         """Frames waiting for the connection to take them."""
         return len(self._pending)
 
-    def offer(self, frame: str) -> None:
+    def offer(self, frame: Frame) -> None:
         """Queue ``frame``; drop the oldest queued frame if the buffer is full."""
         if self.closed:
             return
@@ -132,7 +136,7 @@ class SystemStatusBroadcaster:
         for metrics, group in list(self._groups.items()):
             if not group:
                 continue
-            frame = encode(status.subset(metrics))
+            frame = Frame(encode(status.subset(metrics)))
             for sub in list(group):
                 sub.offer(frame)
                 if sub.closed:

@@ -15,7 +15,7 @@ from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
 from sysmon_nb.protocol import (
     CLOSE_GOING_AWAY,
@@ -34,6 +34,7 @@ from sysmon_nb.protocol import (
 )
 
 from .broadcaster import Subscriber
+from .fanout import Frame, NotShareable, SharedDeflateProtocol, framing, write_frame
 
 if TYPE_CHECKING:
     from .app import SysmonExtension
@@ -91,6 +92,14 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     def get_compression_options(self) -> dict[str, Any] | None:
         return {} if self.extension.compression else None
 
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        """tornado's protocol, negotiating deflate without context takeover so that one
+        compressed frame serves every client (see :mod:`.fanout`)."""
+        protocol = super().get_websocket_protocol()
+        if type(protocol) is WebSocketProtocol13:
+            return SharedDeflateProtocol(self, False, protocol.params)
+        return protocol
+
     async def pre_get(self) -> None:
         await self._authorize_admin()
         ext = self.extension
@@ -130,7 +139,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         if self._history is not None:
             samples = ext.broadcaster.history(self._history, self._metrics)
             self._send(encode(History(samples=tuple(samples))))
-        self._subscriber = ext.broadcaster.subscribe(self._send, self._metrics)
+        self._subscriber = ext.broadcaster.subscribe(self._send_frame, self._metrics)
 
     def on_message(self, message: str | bytes) -> None:
         try:
@@ -191,6 +200,20 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         """Write a frame; returns the flush future, or raises if the socket is closed."""
         future = self.write_message(frame)
         future.add_done_callback(_retrieve)
+        return future
+
+    def _send_frame(self, frame: Frame) -> Any:
+        """Write a broadcast frame: the very bytes every other subscriber gets. Returns
+        ``None`` when the socket took it at once, else the flush future; raises if the
+        socket is closed."""
+        conn = self.ws_connection
+        try:
+            deflate = framing(conn)
+        except NotShareable:
+            return self._send(frame.text)
+        future = write_frame(conn, frame.wire(deflate))
+        if future is not None:
+            future.add_done_callback(_retrieve)
         return future
 
 
