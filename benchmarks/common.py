@@ -536,8 +536,19 @@ class Bench:
         time.sleep(seconds)
         return (server.cpu() - cpu) / (time.monotonic() - start)
 
+    def warm_up(self, server: Server, compression: bool) -> None:
+        """A few clients come and go first, so that what a server sets up once (imports,
+        caches on the first request) is not counted per connection."""
+        group = ClientGroup(server.ws_url, 4, compression=compression)
+        try:
+            time.sleep(1.5 * self.settings.interval)
+            group.stop()
+        finally:
+            group.close()
+
     def measure(self, server: Server, clients: int, compression: bool) -> Measurement:
         s = self.settings
+        self.warm_up(server, compression)
         idle = self.idle_rate(server)
         rss_before = server.rss()
         group = ClientGroup(server.ws_url, clients, compression=compression, interval=s.interval)

@@ -11,6 +11,7 @@ each kind alternate, so machine noise falls on both alike.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
@@ -81,6 +82,23 @@ def cpu_ms(fn: Callable[[], object]) -> float:
     return 1000 * (time.thread_time() - start)
 
 
+def alternate(
+    a: Callable[[], object], b: Callable[[], object], rounds: int
+) -> tuple[list[float], list[float]]:
+    """CPU ms of ``a`` and ``b``, run in turn (in a random order each round), so that
+    noise and cache effects fall on both alike."""
+    times_a, times_b = [], []
+    for _ in range(rounds):
+        if random.random() < 0.5:
+            times_a.append(cpu_ms(a))
+            times_b.append(cpu_ms(b))
+        else:
+            times_b.append(cpu_ms(b))
+            times_a.append(cpu_ms(a))
+        time.sleep(0.01)
+    return times_a, times_b
+
+
 def run(bench: Bench) -> list[Result]:
     ticks = bench.settings.sampler_ticks
     sampler = default_sampler(top_processes=0)
@@ -94,13 +112,8 @@ def run(bench: Bench) -> list[Result]:
         floor()
         walker.collect(time.monotonic())
         naive_walk()
-    ours, theirs, walk, naive = [], [], [], []
-    for _ in range(ticks):
-        ours.append(cpu_ms(sampler.sample_once))
-        theirs.append(cpu_ms(floor))
-        walk.append(cpu_ms(lambda: walker.collect(time.monotonic())))
-        naive.append(cpu_ms(naive_walk))
-        time.sleep(0.02)
+    ours, theirs = alternate(sampler.sample_once, floor, ticks)
+    walk, naive = alternate(lambda: walker.collect(time.monotonic()), naive_walk, ticks)
     sampler.stop()
     processes = len(psutil.pids())
     tick, base = median(ours), median(theirs)

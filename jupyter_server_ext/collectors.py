@@ -2,12 +2,14 @@
 processes, and the Jupyter server's own kernels.
 
 Each takes its source as an argument (``ps``, default the :mod:`psutil` module), so a
-test can plug in recorded readings instead of patching psutil. All run on the
-sampler's worker thread.
+test can plug in recorded readings instead of patching psutil. With the real psutil on
+Linux, memory, disk I/O and per-process figures come from one read of the ``/proc``
+file that holds them (:mod:`.procfs`). All run on the sampler's worker thread.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -15,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from . import procfs
 from .errors import CollectorError
 from .sampler import Rates, sum_known
 
@@ -81,19 +84,29 @@ class MemoryCollector:
 
     def __init__(self, ps: ModuleType | Any = psutil) -> None:
         self._ps = ps
+        self._procfs = _uses_procfs(ps)
 
     def collect(self, now: float) -> dict[str, Any]:
-        vm = self._ps.virtual_memory()
-        sw = self._ps.swap_memory()
-        used = vm.total - vm.available
+        if self._procfs:
+            m = procfs.meminfo()
+            total, available = m.total_bytes, m.available_bytes
+            swap_total = m.swap_total_bytes
+            swap_used = max(0, swap_total - m.swap_free_bytes)
+            swap_percent = round(100.0 * swap_used / swap_total, 1) if swap_total else 0.0
+        else:
+            vm = self._ps.virtual_memory()
+            sw = self._ps.swap_memory()
+            total, available = vm.total, vm.available
+            swap_total, swap_used, swap_percent = sw.total, sw.used, round(sw.percent, 1)
+        used = total - available
         return {
-            "total_bytes": vm.total,
-            "available_bytes": vm.available,
+            "total_bytes": total,
+            "available_bytes": available,
             "used_bytes": used,
-            "percent": round(100.0 * used / vm.total, 1) if vm.total else None,
-            "swap_total_bytes": sw.total,
-            "swap_used_bytes": sw.used,
-            "swap_percent": round(sw.percent, 1),
+            "percent": round(100.0 * used / total, 1) if total else None,
+            "swap_total_bytes": swap_total,
+            "swap_used_bytes": swap_used,
+            "swap_percent": swap_percent,
         }
 
 
@@ -111,19 +124,27 @@ class DiskCollector:
         self._rates = Rates()
         self._mount_table: list[tuple[str, str]] = []
         self._mounts_read_at: float | None = None
+        self._diskstats = procfs.DiskStats() if _uses_procfs(ps) else None
 
     def collect(self, now: float) -> dict[str, Any]:
-        io = self._ps.disk_io_counters(perdisk=False)
-        counters = (
-            {}
-            if io is None
-            else {
-                "read_bytes": io.read_bytes,
-                "write_bytes": io.write_bytes,
-                "read_ops": io.read_count,
-                "write_ops": io.write_count,
+        counters: dict[str, float] = {}
+        if self._diskstats is not None:
+            totals = self._diskstats.read()
+            counters = {
+                "read_bytes": totals.read_bytes,
+                "write_bytes": totals.write_bytes,
+                "read_ops": totals.read_ops,
+                "write_ops": totals.write_ops,
             }
-        )
+        else:
+            io = self._ps.disk_io_counters(perdisk=False)
+            if io is not None:
+                counters = {
+                    "read_bytes": io.read_bytes,
+                    "write_bytes": io.write_bytes,
+                    "read_ops": io.read_count,
+                    "write_ops": io.write_count,
+                }
         rates = self._rates.update(now, counters)
         return {
             "read_bytes_per_s": _rounded(rates.get("read_bytes")),
@@ -146,6 +167,8 @@ class DiskCollector:
                 chosen.append(("/", ""))
             self._mount_table = sorted(chosen)
             self._mounts_read_at = now
+            if self._diskstats is not None:
+                self._diskstats.refresh()
         return self._mount_table
 
     def _mounts(self, now: float) -> list[dict[str, Any]]:
@@ -197,6 +220,11 @@ class NetworkCollector:
         return out
 
 
+def _uses_procfs(ps: Any) -> bool:
+    """Read ``/proc`` directly: only for the real psutil, on Linux."""
+    return ps is psutil and procfs.AVAILABLE
+
+
 def _rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -225,6 +253,9 @@ class _Tracked:
     name: str
     user: str | None
     primed: bool = False
+    start_ticks: int = -1  # procfs: tells a reused pid from the process we know
+    cpu_seconds: float = 0.0  # procfs: CPU time and when it was read, for the percent
+    read_at: float = 0.0
 
 
 @dataclass
@@ -238,6 +269,10 @@ class ProcessTable:
 
     ps: ModuleType | Any = psutil
     _tracked: dict[int, _Tracked] = field(default_factory=dict)
+    _procfs: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._procfs = _uses_procfs(self.ps)
 
     def read(self, pids: Iterable[int]) -> list[ProcessInfo]:
         """Read each pid; gone or inaccessible processes are skipped. Processes not in
@@ -246,9 +281,10 @@ class ProcessTable:
         for pid in list(self._tracked):
             if pid not in wanted:
                 del self._tracked[pid]
+        read_one = self._read_procfs if self._procfs else self._read_one
         infos = []
         for pid in wanted:
-            info = self._read_one(pid)
+            info = read_one(pid)
             if info is not None:
                 infos.append(info)
         return infos
@@ -258,14 +294,7 @@ class ProcessTable:
         tracked = self._tracked.get(pid)
         try:
             if tracked is None:
-                proc = ps.Process(pid)
-                with proc.oneshot():
-                    name = proc.name()
-                    try:
-                        user = proc.username()
-                    except (ps.AccessDenied, KeyError):
-                        user = None
-                tracked = self._tracked[pid] = _Tracked(proc, name, user)
+                tracked = self._tracked[pid] = self._identify(pid)
             proc = tracked.process
             with proc.oneshot():
                 cpu = proc.cpu_percent(None)
@@ -278,6 +307,42 @@ class ProcessTable:
         cpu_percent = round(cpu, 1) if tracked.primed else None
         tracked.primed = True
         return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, rss)
+
+    def _identify(self, pid: int) -> _Tracked:
+        """Name and user, read once per process through psutil."""
+        ps = self.ps
+        proc = ps.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            try:
+                user = proc.username()
+            except (ps.AccessDenied, KeyError):
+                user = None
+        return _Tracked(proc, name, user)
+
+    def _read_procfs(self, pid: int) -> ProcessInfo | None:
+        """One read of ``/proc/<pid>/stat`` per tick; psutil only for a new process."""
+        ps = self.ps
+        try:
+            stat = procfs.process_stat(pid)
+            now = time.monotonic()
+            tracked = self._tracked.get(pid)
+            if tracked is None or tracked.start_ticks != stat.start_ticks:
+                tracked = self._tracked[pid] = self._identify(pid)
+                tracked.start_ticks = stat.start_ticks
+        except (procfs.ProcessGone, ps.NoSuchProcess, ps.ZombieProcess):
+            self._tracked.pop(pid, None)
+            return None
+        except (ps.AccessDenied, PermissionError):
+            return None
+        cpu_percent = None
+        elapsed = now - tracked.read_at
+        if tracked.primed and elapsed > 0:
+            busy = max(0.0, stat.cpu_seconds - tracked.cpu_seconds)
+            cpu_percent = round(100.0 * busy / elapsed, 1)
+        tracked.primed = True
+        tracked.cpu_seconds, tracked.read_at = stat.cpu_seconds, now
+        return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, stat.rss_bytes)
 
 
 def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: int) -> list:

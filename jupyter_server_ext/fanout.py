@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
@@ -28,8 +27,7 @@ _RSV1 = 0x40
 _TEXT = 0x1
 
 
-@dataclass(frozen=True)
-class Deflate:
+class Deflate(NamedTuple):
     """The compressor settings a connection's permessage-deflate frames are built with."""
 
     level: int

@@ -7,6 +7,7 @@ then our admin policy. Refusals are JSON, before any upgrade.
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,10 @@ AUTH_RESOURCE = "sysmon"
 #: a client that sends but never reads must not grow the server's write buffer.
 MAX_UNREAD_REPLIES = 32
 
+#: A connection's framing not known yet / it compresses with a context of its own.
+_UNKNOWN: Any = object()
+_OWN_CONTEXT: Any = object()
+
 
 class _SysmonAuthMixin:
     """The checks shared by both routes: authorizer, then admin policy."""
@@ -81,6 +86,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     _history: int | None = None
     _counted = False
     _unread_replies = 0
+    _framing: Any = _UNKNOWN  # found on the connection's first broadcast frame
 
     def set_default_headers(self) -> None:
         """Undo JupyterHandler's page headers, meaningless for a WebSocket."""
@@ -94,10 +100,14 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         """tornado's protocol, negotiating deflate without context takeover so that one
-        compressed frame serves every client (see :mod:`.fanout`)."""
+        compressed frame serves every client (see :mod:`.fanout`). Keep-alive pings are
+        WebSocketMixin's (``ping_callback``), so tornado's own ping task, which reads
+        the mixin's milliseconds as seconds, is not started."""
         protocol = super().get_websocket_protocol()
         if type(protocol) is WebSocketProtocol13:
-            return SharedDeflateProtocol(self, False, protocol.params)
+            params = copy.copy(protocol.params)
+            params.ping_interval = params.ping_timeout = None
+            return SharedDeflateProtocol(self, False, params)
         return protocol
 
     async def pre_get(self) -> None:
@@ -207,9 +217,13 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         ``None`` when the socket took it at once, else the flush future; raises if the
         socket is closed."""
         conn = self.ws_connection
-        try:
-            deflate = framing(conn)
-        except NotShareable:
+        deflate = self._framing
+        if deflate is _UNKNOWN:
+            try:
+                deflate = self._framing = framing(conn)
+            except NotShareable:
+                deflate = self._framing = _OWN_CONTEXT
+        if deflate is _OWN_CONTEXT:
             return self._send(frame.text)
         future = write_frame(conn, frame.wire(deflate))
         if future is not None:
