@@ -56,6 +56,7 @@ class Receiver:
         self.reading = asyncio.Event()
         self.reading.set()
         self.close_code: int | None = None
+        self.stopping = False
 
     def record(self, seq: int, sent: float, now: float, wire: int = 0) -> None:
         if seq <= self.last_seq:
@@ -123,7 +124,8 @@ async def run_ws(args: argparse.Namespace, auth: str) -> None:
                 if match is not None and text.startswith('{"type":"status"'):
                     receiver.record(int(match.group(1)), float(match.group(2)), now, ws.wire_bytes)
         except websockets.ConnectionClosed as closed:
-            receiver.close_code = closed.rcvd.code if closed.rcvd is not None else None
+            if not receiver.stopping:  # closed by the server, not by our stop
+                receiver.close_code = closed.rcvd.code if closed.rcvd is not None else None
 
     await asyncio.gather(*(one(i) for i in range(args.count)))
     emit({"connected": len(receivers), "failed": failed})
@@ -146,6 +148,8 @@ async def commands(receivers: list[Receiver], connections: list[Any]) -> None:
                 r.reading.set()
             emit({"resumed": len(receivers)})
         elif command["cmd"] == "stop":
+            for r in receivers:
+                r.stopping = True
             await asyncio.gather(
                 *(asyncio.wait_for(c.close(), 5) for c in connections), return_exceptions=True
             )

@@ -30,8 +30,6 @@ import psutil
 TOKEN = secrets.token_hex(16)
 AUTH = f"token {TOKEN}"
 CLIENTS_PER_PROCESS = 500
-#: Frames that arrive this long after their window closed count as lost (s).
-LATE_AFTER = 2.0
 
 
 @dataclass
@@ -47,6 +45,11 @@ class Settings:
     stall_seconds: float = 60.0
     sampler_ticks: int = 60
     peers_clients: int = 100
+    #: how long a server's CPU with no client is read, to subtract it (s)
+    idle_seconds: float = 5.0
+    #: frames arriving this long after their window closed count as lost (s)
+    late_after: float = 2.0
+    warm_up: bool = True
 
     @classmethod
     def quick(cls) -> Settings:
@@ -60,6 +63,9 @@ class Settings:
             stall_seconds=4.0,
             sampler_ticks=5,
             peers_clients=4,
+            idle_seconds=1.0,
+            late_after=1.0,
+            warm_up=False,
         )
 
 
@@ -89,7 +95,7 @@ class Result:
         if self.reference is not None:
             out += f"  (reference {self.reference_name}: {self.reference:,.4g} {self.unit}"
             ratio = self.ratio
-            out += f", ratio {ratio:.2f}x)" if ratio is not None else ")"
+            out += f", ratio {ratio:.3g}x)" if ratio is not None else ")"
         if self.goal:
             verdict = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[self.met]
             out += f"\n      goal {self.goal}: {verdict}"
@@ -183,6 +189,14 @@ class Server:
 
     def rss(self) -> int:
         return int(self.proc.memory_info().rss)
+
+    def loop_cpu(self) -> float:
+        """CPU seconds of the main thread alone: the event loop, where the fan-out runs
+        (the sampler and other workers have threads of their own)."""
+        for thread in self.proc.threads():
+            if thread.id == self.proc.pid:
+                return float(thread.user_time + thread.system_time)
+        return 0.0
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after a grace period)."""
@@ -452,6 +466,8 @@ class Measurement:
     compression: bool
     #: server CPU per client per frame, less what the server spends with no client (us)
     cpu_us: float | None
+    #: the same for the event loop's thread alone (no sampler thread: steadier)
+    loop_us: float | None
     rss_kib_per_connection: float | None
     delivery: Delivery
     idle_cpu_ms_per_s: float
@@ -461,7 +477,7 @@ class Measurement:
         d = self.delivery
         return (
             f"  {self.server:<34} N={self.clients:<5} "
-            f"cpu {_fmt(self.cpu_us, 'us/client/frame')}  "
+            f"cpu {_fmt(self.cpu_us, 'us/client/frame')} (loop {_fmt(self.loop_us, 'us')})  "
             f"p50 {_fmt(d.p50_ms, 'ms')}  p99 {_fmt(d.p99_ms, 'ms')}  "
             f"rss {_fmt(self.rss_kib_per_connection, 'KiB/conn')}  "
             f"wire {_fmt(d.wire_per_frame, 'B/frame')}  "
@@ -497,7 +513,7 @@ class Bench:
         if self._template is None:
             server = self.sysmon_server()
             try:
-                time.sleep(3 * self.settings.interval)  # rates known, processes primed
+                time.sleep(2.5 * self.settings.interval)  # rates known, processes primed
                 body = wait_http(
                     f"http://127.0.0.1:{server.port}/sysmon/api/status", {"Authorization": AUTH}
                 )
@@ -531,10 +547,15 @@ class Bench:
 
     def idle_rate(self, server: Server) -> float:
         """The server's CPU seconds per second with no client (its sampler, timers)."""
-        seconds = max(3.0, 3 * self.settings.interval)
-        cpu, start = server.cpu(), time.monotonic()
+        return self.idle_rates(server)[0]
+
+    def idle_rates(self, server: Server) -> tuple[float, float]:
+        """CPU seconds per second with no client: the whole server, its loop thread."""
+        seconds = self.settings.idle_seconds
+        cpu, loop, start = server.cpu(), server.loop_cpu(), time.monotonic()
         time.sleep(seconds)
-        return (server.cpu() - cpu) / (time.monotonic() - start)
+        elapsed = time.monotonic() - start
+        return (server.cpu() - cpu) / elapsed, (server.loop_cpu() - loop) / elapsed
 
     def warm_up(self, server: Server, compression: bool) -> None:
         """A few clients come and go first, so that what a server sets up once (imports,
@@ -548,28 +569,33 @@ class Bench:
 
     def measure(self, server: Server, clients: int, compression: bool) -> Measurement:
         s = self.settings
-        self.warm_up(server, compression)
-        idle = self.idle_rate(server)
+        if s.warm_up:
+            self.warm_up(server, compression)
+        idle, idle_loop = self.idle_rates(server)
         rss_before = server.rss()
         group = ClientGroup(server.ws_url, clients, compression=compression, interval=s.interval)
         try:
             time.sleep(2 * s.interval)  # every connection past its first frame
             start, cpu_start, mono_start = time.time(), server.cpu(), time.monotonic()
+            loop_start = server.loop_cpu()
             time.sleep(s.frames * s.interval)
             end, cpu_end, mono_end = time.time(), server.cpu(), time.monotonic()
+            loop_end = server.loop_cpu()
             rss_after = server.rss()
-            time.sleep(LATE_AFTER)
+            time.sleep(s.late_after)
             reports = group.stop()
         finally:
             group.close()
         d = delivery(connections(reports), start, end)
         busy = (cpu_end - cpu_start) - idle * (mono_end - mono_start)
+        busy_loop = (loop_end - loop_start) - idle_loop * (mono_end - mono_start)
         per = clients * d.frames
         return Measurement(
             server=server.name,
             clients=clients,
             compression=compression,
             cpu_us=1e6 * busy / per if per else None,
+            loop_us=1e6 * busy_loop / per if per else None,
             rss_kib_per_connection=(rss_after - rss_before) / 1024 / clients,
             delivery=d,
             idle_cpu_ms_per_s=1000 * idle,

@@ -69,7 +69,7 @@ async def publish(template: dict[str, Any], mode: str, interval: float) -> None:
         else:
             data = Frame(text).wire()
             for handler in list(clients):
-                conn = handler.ws_connection
+                conn: Any = handler.ws_connection
                 if conn is None:
                     continue
                 try:

@@ -28,7 +28,7 @@ from jupyter_server_ext.collectors import (
     ProcessesCollector,
 )
 from jupyter_server_ext.gpu import GpuCollector
-from jupyter_server_ext.sampler import Sampler
+from jupyter_server_ext.sampler import Collector, Sampler
 
 from .common import Bench, Result, median
 
@@ -44,7 +44,7 @@ def _no_kernels() -> JupyterCounts:
 
 def default_sampler(top_processes: int) -> Sampler:
     """The collectors a server with the default settings runs."""
-    collectors = [
+    collectors: list[Collector] = [
         CpuCollector(),
         MemoryCollector(),
         DiskCollector(),
