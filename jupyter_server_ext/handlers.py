@@ -15,7 +15,7 @@ from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
-from tornado import web
+from tornado import httputil, web
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
 from sysmon_nb.protocol import (
@@ -211,6 +211,13 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         future = self.write_message(frame)
         future.add_done_callback(_retrieve)
         return future
+
+    def _detach_stream(self) -> Any:
+        """Called by tornado once the 101 answer is written: the answer's headers and
+        cookies are never read again, so a long-lived connection does not keep them."""
+        self._headers = httputil.HTTPHeaders()
+        self.__dict__.pop("_new_cookie", None)
+        return super()._detach_stream()
 
     def _send_frame(self, frame: Frame) -> Any:
         """Write a broadcast frame: the very bytes every other subscriber gets. Returns

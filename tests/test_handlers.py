@@ -572,3 +572,15 @@ async def test_stalled_reader_gets_newest_frames_and_spares_the_others(
     assert max(b - a for a, b in itertools.pairwise(seqs)) > 1, seqs  # dropped
     assert seqs[-1] >= newest  # and it caught up on the newest
     await assert_still_serving(connect)
+
+
+async def test_a_connection_keeps_nothing_of_its_handshake_answer(
+    connect: Any, sysmon: Any
+) -> None:
+    async with connect("metrics=cpu") as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        (handler,) = sysmon.connections
+        # the 101 answer's headers and login cookie are gone once written ...
+        assert not handler._headers and not hasattr(handler, "_new_cookie")
+        # ... and the connection streams on
+        assert "cpu" in await recv_type(ws, "status")
