@@ -50,6 +50,8 @@ class Settings:
     #: frames arriving this long after their window closed count as lost (s)
     late_after: float = 2.0
     warm_up: bool = True
+    #: also measure the fan-out with jupyter_server's keep-alive pings off
+    without_pings: bool = True
 
     @classmethod
     def quick(cls) -> Settings:
@@ -66,6 +68,7 @@ class Settings:
             idle_seconds=1.0,
             late_after=1.0,
             warm_up=False,
+            without_pings=False,
         )
 
 
@@ -219,6 +222,7 @@ def jupyter_server(
     extensions: dict[str, bool],
     sysmon: dict[str, Any] | None = None,
     name: str = "sysmon-nb",
+    server_app: dict[str, Any] | None = None,
 ) -> Server:
     """Start a real jupyter_server (as its own process) with the given extensions."""
     port = free_port()
@@ -233,6 +237,7 @@ def jupyter_server(
             "root_dir": str(root),
             "jpserver_extensions": extensions,
             "log_level": "WARN",
+            **(server_app or {}),
         },
         "IdentityProvider": {"token": TOKEN},
         "SysmonExtension": {"interval": 1.0, "max_connections": 100_000, **(sysmon or {})},
@@ -500,12 +505,17 @@ class Bench:
         self._cache: dict[tuple[str, int, bool], Measurement] = {}
         self._template: Path | None = None
 
-    def sysmon_server(self, compression: bool = False, **extra: Any) -> Server:
+    def sysmon_server(self, compression: bool = False, pings: bool = True) -> Server:
+        """sysmon-nb in a jupyter server; ``pings=False`` turns jupyter_server's
+        keep-alive pings off (``ws_ping_interval = 0``) to show what they cost."""
         return jupyter_server(
             self.workdir,
             extensions={"jupyter_server_ext": True, "jupyter_resource_usage": False},
-            sysmon={"interval": self.settings.interval, "compression": compression, **extra},
-            name="sysmon-nb" + (" + deflate" if compression else ""),
+            sysmon={"interval": self.settings.interval, "compression": compression},
+            name="sysmon-nb"
+            + (" + deflate" if compression else "")
+            + ("" if pings else ", no keep-alive pings"),
+            server_app=None if pings else {"tornado_settings": {"ws_ping_interval": 0}},
         )
 
     def template(self) -> Path:
@@ -523,10 +533,10 @@ class Bench:
             self._template.write_bytes(body)
         return self._template
 
-    def sysmon(self, clients: int, compression: bool = False) -> Measurement:
-        key = ("sysmon", clients, compression)
+    def sysmon(self, clients: int, compression: bool = False, pings: bool = True) -> Measurement:
+        key = ("sysmon" if pings else "sysmon-no-pings", clients, compression)
         if key not in self._cache:
-            server = self.sysmon_server(compression)
+            server = self.sysmon_server(compression, pings)
             try:
                 self._cache[key] = self.measure(server, clients, compression)
             finally:

@@ -9,6 +9,7 @@ file that holds them (:mod:`.procfs`). All run on the sampler's worker thread.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,16 +23,22 @@ from .errors import CollectorError
 from .sampler import Rates, sum_known
 
 
+def _split(t: Any) -> tuple[float, float]:
+    """(total, idle) of a ``cpu_times`` reading, as psutil's ``cpu_percent`` counts them."""
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return total, idle
+
+
 def _busy_percent(before: Any, after: Any) -> float | None:
     """CPU busy share between two ``cpu_times`` readings, as psutil computes it."""
+    return _busy_share(_split(before), _split(after))
 
-    def split(t: Any) -> tuple[float, float]:
-        total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-        idle = t.idle + getattr(t, "iowait", 0.0)
-        return total, idle
 
-    total_a, idle_a = split(before)
-    total_b, idle_b = split(after)
+def _busy_share(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """CPU busy share between two (total, idle) readings."""
+    total_a, idle_a = before
+    total_b, idle_b = after
     elapsed = total_b - total_a
     if elapsed <= 0 or idle_b < idle_a:
         return None
@@ -56,8 +63,12 @@ class CpuCollector:
     def __init__(self, ps: ModuleType | Any = psutil) -> None:
         self._ps = ps
         self._last: list[Any] | None = None
+        self._procfs = _uses_procfs(ps)
+        self._last_ticks: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
+        if self._procfs:
+            return self._collect_procfs()
         times = list(self._ps.cpu_times(percpu=True))
         prev, self._last = self._last, times
         per_cpu: list[float | None] | None = None
@@ -70,6 +81,24 @@ class CpuCollector:
             "percent": percent,
             "per_cpu": per_cpu,
             "count": self._ps.cpu_count() or len(times),
+            "load_1m": round(load_1m, 2),
+            "load_5m": round(load_5m, 2),
+            "load_15m": round(load_15m, 2),
+        }
+
+    def _collect_procfs(self) -> dict[str, Any]:
+        overall, cores = ticks = procfs.cpu_ticks()
+        prev, self._last_ticks = self._last_ticks, ticks
+        per_cpu: list[float | None] | None = None
+        percent = None
+        if prev is not None and len(prev[1]) == len(cores) and cores:
+            per_cpu = [_busy_share(a, b) for a, b in zip(prev[1], cores)]
+            percent = _busy_share(prev[0], overall)
+        load_1m, load_5m, load_15m = os.getloadavg()
+        return {
+            "percent": percent,
+            "per_cpu": per_cpu,
+            "count": len(cores) or self._ps.cpu_count(),
             "load_1m": round(load_1m, 2),
             "load_5m": round(load_5m, 2),
             "load_15m": round(load_15m, 2),
@@ -201,16 +230,26 @@ class NetworkCollector:
         self._ps = ps
         self._ignore = frozenset(ignore)
         self._rates = Rates()
+        self._procfs = _uses_procfs(ps)
+
+    def _read(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per interface: bytes received, sent, packets received, sent."""
+        if self._procfs:
+            return procfs.net_counters()
+        return {
+            nic: (c.bytes_recv, c.bytes_sent, c.packets_recv, c.packets_sent)
+            for nic, c in self._ps.net_io_counters(pernic=True).items()
+        }
 
     def collect(self, now: float) -> dict[str, Any]:
         counters: dict[str, float] = {}
-        for nic, c in self._ps.net_io_counters(pernic=True).items():
+        for nic, (recv_b, sent_b, recv_p, sent_p) in self._read().items():
             if nic in self._ignore:
                 continue
-            counters[f"{nic}\0recv_bytes"] = c.bytes_recv
-            counters[f"{nic}\0sent_bytes"] = c.bytes_sent
-            counters[f"{nic}\0recv_packets"] = c.packets_recv
-            counters[f"{nic}\0sent_packets"] = c.packets_sent
+            counters[f"{nic}\0recv_bytes"] = recv_b
+            counters[f"{nic}\0sent_bytes"] = sent_b
+            counters[f"{nic}\0recv_packets"] = recv_p
+            counters[f"{nic}\0sent_packets"] = sent_p
         rates = self._rates.update(now, counters)
         out: dict[str, Any] = {}
         for kind in ("recv_bytes", "sent_bytes", "recv_packets", "sent_packets"):

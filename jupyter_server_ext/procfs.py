@@ -133,3 +133,41 @@ class DiskStats:
             read_ops=read_ops,
             write_ops=write_ops,
         )
+
+
+def cpu_ticks(path: str = "/proc/stat") -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """(total, idle) clock ticks of all CPUs together, then of each online CPU, from
+    one read. ``total`` leaves out guest time (already in user time) and ``idle``
+    includes iowait, as psutil's ``cpu_percent`` counts them."""
+    overall = (0, 0)
+    per_cpu = []
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.startswith(b"cpu"):
+                break
+            fields = line.split()
+            values = [int(v) for v in fields[1:9]]  # user .. steal
+            ticks = (sum(values), values[3] + (values[4] if len(values) > 4 else 0))
+            if fields[0] == b"cpu":
+                overall = ticks
+            else:
+                per_cpu.append(ticks)
+    return overall, per_cpu
+
+
+def net_counters(path: str = "/proc/net/dev") -> dict[str, tuple[int, int, int, int]]:
+    """Per interface: bytes received, bytes sent, packets received, packets sent."""
+    counters = {}
+    with open(path, "rb") as f:
+        for line in f:
+            name, colon, rest = line.partition(b":")
+            if not colon:
+                continue  # the two header lines
+            fields = rest.split()
+            counters[name.strip().decode()] = (
+                int(fields[0]),
+                int(fields[8]),
+                int(fields[1]),
+                int(fields[9]),
+            )
+    return counters

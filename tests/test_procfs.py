@@ -12,7 +12,13 @@ import psutil
 import pytest
 
 from jupyter_server_ext import procfs
-from jupyter_server_ext.collectors import DiskCollector, MemoryCollector, ProcessTable
+from jupyter_server_ext.collectors import (
+    CpuCollector,
+    DiskCollector,
+    MemoryCollector,
+    NetworkCollector,
+    ProcessTable,
+)
 
 pytestmark = pytest.mark.skipif(
     not procfs.AVAILABLE and not os.environ.get("CI"), reason="Linux /proc only"
@@ -122,3 +128,45 @@ def test_process_table_reads_cpu_and_rss_of_a_busy_child() -> None:
         child.wait(10)
     assert table.read([child.pid]) == []
     assert child.pid not in table._tracked
+
+
+def test_cpu_ticks_match_psutil_and_the_collector_reads_them(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  100 5 50 800 40 1 2 3 7 0\n"
+        "cpu0 60 5 30 380 20 1 1 2 7 0\n"
+        "cpu1 40 0 20 420 20 0 1 1 0 0\n"
+        "intr 12345 0\n"
+    )
+    overall, cores = procfs.cpu_ticks(str(stat))
+    assert overall == (1001, 840)  # user..steal (guest is inside user), idle + iowait
+    assert cores == [(499, 400), (502, 440)]
+    _, real = procfs.cpu_ticks()
+    assert len(real) == len(psutil.cpu_times(percpu=True))
+    collector = CpuCollector()
+    assert collector.collect(0.0)["percent"] is None
+    busy = time.thread_time() + 0.3
+    while time.thread_time() < busy:  # spin so that the next reading has elapsed ticks
+        pass
+    second = collector.collect(1.0)
+    assert second["count"] == len(real)
+    assert 0.0 < second["percent"] <= 100.0
+    assert len(second["per_cpu"]) == len(real)
+
+
+def test_net_counters_match_psutil(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.write_text(
+        "Inter-|   Receive |  Transmit\n"
+        " face |bytes packets errs drop fifo frame compressed multicast|bytes packets\n"
+        "    lo: 10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0\n"
+        "  eth0: 2000 20 0 0 0 0 0 0 3000 30 0 0 0 0 0 0\n"
+    )
+    assert procfs.net_counters(str(dev)) == {"lo": (10, 10, 1, 1), "eth0": (2000, 3000, 20, 30)}
+    ours = procfs.net_counters()
+    theirs = psutil.net_io_counters(pernic=True)
+    assert set(ours) == set(theirs)
+    for nic, (recv_bytes, _, _, _) in ours.items():
+        assert recv_bytes <= theirs[nic].bytes_recv + 10_000_000
+    first = NetworkCollector().collect(0.0)
+    assert first["recv_bytes_per_s"] is None  # no rate on a first reading
