@@ -1,4 +1,5 @@
-# sysmon-nb: `make demo` runs JupyterLab with the extension; `make test` runs every check.
+# sysmon-nb: `make demo` runs JupyterLab with the extension; `make test` runs every check;
+# `make bench` runs the benchmarks (`make bench PARTS=fanout` for one part).
 # Each target creates .venv and installs what it needs on first use.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PORT   ?= 8888
 # jupyter refuses to run as root unless told; CI and containers run as root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,15 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
+
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[bench]"
+	touch $@
+
+# Parts: sampler fanout compression slow peers widget (default: all). See benchmarks/README.md.
+PARTS ?=
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks $(PARTS)
 
 demo: $(VENV)/.demo-installed
 	@echo "sysmon-nb: the latest sample is at http://127.0.0.1:$(PORT)/sysmon/api/status"

@@ -1,7 +1,9 @@
 """SystemStatusBroadcaster: one sample in, one frame per subscription set out.
 
-It knows nothing of tornado: a subscriber is given a ``send(frame) -> Future | None``
-callable by its connection. Everything here runs on the server's event loop.
+It never touches a connection: a subscriber is given a ``send(frame) -> Future | None``
+callable by its connection. A :class:`~.fanout.Frame` is built once per subscription set
+and the same object goes to every subscriber in it, so its wire bytes (plain or
+compressed) are built once too. Everything here runs on the server's event loop.
 
 Each subscriber has a bounded buffer. While its previous frame is still being written
 (the client is slow or not reading), new frames queue there; when it is full the oldest
@@ -19,13 +21,30 @@ from typing import Any
 
 from sysmon_nb.protocol import Status, encode
 
+from .fanout import Frame
+
 log = logging.getLogger("sysmon_nb.broadcaster")
 
-Send = Callable[[str], "asyncio.Future[Any] | None"]
+Send = Callable[[Frame], "asyncio.Future[Any] | None"]
 
 
 class Subscriber:
-    """One connection's place in the fan-out."""
+    """One connection's place in the fan-out.
+
+    A frame goes straight to the connection when nothing is queued or being written
+    (the usual case); the bounded queue exists only while the connection lags.
+    """
+
+    __slots__ = (
+        "_buffer_size",
+        "_pending",
+        "_send",
+        "_writing",
+        "closed",
+        "delivered",
+        "lagged",
+        "metrics",
+    )
 
     def __init__(self, send: Send, metrics: tuple[str, ...], buffer_size: int) -> None:
         self.metrics = metrics
@@ -33,43 +52,55 @@ class Subscriber:
         self.delivered = 0
         self.closed = False
         self._send = send
-        self._pending: deque[str] = deque(maxlen=max(1, buffer_size))
+        self._buffer_size = max(1, buffer_size)
+        self._pending: deque[Frame] | None = None
         self._writing = False
 
     @property
     def pending(self) -> int:
         """Frames waiting for the connection to take them."""
-        return len(self._pending)
+        return len(self._pending) if self._pending is not None else 0
 
-    def offer(self, frame: str) -> None:
-        """Queue ``frame``; drop the oldest queued frame if the buffer is full."""
+    def offer(self, frame: Frame) -> None:
+        """Write ``frame``, or queue it while the connection is busy; drop the oldest
+        queued frame if the queue is full."""
         if self.closed:
             return
-        if len(self._pending) == self._pending.maxlen:
+        if not self._writing and not self._pending:
+            self._write(frame)
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque(maxlen=self._buffer_size)
+        if len(pending) == pending.maxlen:
             self.lagged += 1
-        self._pending.append(frame)
+        pending.append(frame)
         self._pump()
 
     def close(self) -> None:
         self.closed = True
-        self._pending.clear()
+        self._pending = None
 
     def _pump(self) -> None:
         while not self._writing and self._pending and not self.closed:
-            frame = self._pending.popleft()
-            try:
-                result = self._send(frame)
-            except Exception:
-                log.debug("sysmon: send failed; dropping subscriber", exc_info=True)
-                self.close()
-                return
-            self.delivered += 1
-            if result is not None:
-                if result.done():
-                    self._consume(result)
-                else:
-                    self._writing = True
-                    result.add_done_callback(self._written)
+            self._write(self._pending.popleft())
+        if not self._pending:
+            self._pending = None  # caught up: give the queue back
+
+    def _write(self, frame: Frame) -> None:
+        try:
+            result = self._send(frame)
+        except Exception:
+            log.debug("sysmon: send failed; dropping subscriber", exc_info=True)
+            self.close()
+            return
+        self.delivered += 1
+        if result is not None:
+            if result.done():
+                self._consume(result)
+            else:
+                self._writing = True
+                result.add_done_callback(self._written)
 
     def _written(self, result: Any) -> None:
         self._writing = False
@@ -132,7 +163,7 @@ class SystemStatusBroadcaster:
         for metrics, group in list(self._groups.items()):
             if not group:
                 continue
-            frame = encode(status.subset(metrics))
+            frame = Frame(encode(status.subset(metrics)))
             for sub in list(group):
                 sub.offer(frame)
                 if sub.closed:

@@ -2,12 +2,15 @@
 processes, and the Jupyter server's own kernels.
 
 Each takes its source as an argument (``ps``, default the :mod:`psutil` module), so a
-test can plug in recorded readings instead of patching psutil. All run on the
-sampler's worker thread.
+test can plug in recorded readings instead of patching psutil. With the real psutil on
+Linux, memory, disk I/O and per-process figures come from one read of the ``/proc``
+file that holds them (:mod:`.procfs`). All run on the sampler's worker thread.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -15,20 +18,27 @@ from typing import Any
 
 import psutil
 
+from . import procfs
 from .errors import CollectorError
 from .sampler import Rates, sum_known
 
 
+def _split(t: Any) -> tuple[float, float]:
+    """(total, idle) of a ``cpu_times`` reading, as psutil's ``cpu_percent`` counts them."""
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return total, idle
+
+
 def _busy_percent(before: Any, after: Any) -> float | None:
     """CPU busy share between two ``cpu_times`` readings, as psutil computes it."""
+    return _busy_share(_split(before), _split(after))
 
-    def split(t: Any) -> tuple[float, float]:
-        total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-        idle = t.idle + getattr(t, "iowait", 0.0)
-        return total, idle
 
-    total_a, idle_a = split(before)
-    total_b, idle_b = split(after)
+def _busy_share(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """CPU busy share between two (total, idle) readings."""
+    total_a, idle_a = before
+    total_b, idle_b = after
     elapsed = total_b - total_a
     if elapsed <= 0 or idle_b < idle_a:
         return None
@@ -53,8 +63,12 @@ class CpuCollector:
     def __init__(self, ps: ModuleType | Any = psutil) -> None:
         self._ps = ps
         self._last: list[Any] | None = None
+        self._procfs = _uses_procfs(ps)
+        self._last_ticks: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
+        if self._procfs:
+            return self._collect_procfs()
         times = list(self._ps.cpu_times(percpu=True))
         prev, self._last = self._last, times
         per_cpu: list[float | None] | None = None
@@ -72,6 +86,24 @@ class CpuCollector:
             "load_15m": round(load_15m, 2),
         }
 
+    def _collect_procfs(self) -> dict[str, Any]:
+        overall, cores = ticks = procfs.cpu_ticks()
+        prev, self._last_ticks = self._last_ticks, ticks
+        per_cpu: list[float | None] | None = None
+        percent = None
+        if prev is not None and len(prev[1]) == len(cores) and cores:
+            per_cpu = [_busy_share(a, b) for a, b in zip(prev[1], cores)]
+            percent = _busy_share(prev[0], overall)
+        load_1m, load_5m, load_15m = os.getloadavg()
+        return {
+            "percent": percent,
+            "per_cpu": per_cpu,
+            "count": len(cores) or self._ps.cpu_count(),
+            "load_1m": round(load_1m, 2),
+            "load_5m": round(load_5m, 2),
+            "load_15m": round(load_15m, 2),
+        }
+
 
 class MemoryCollector:
     """``memory``: RAM and swap. ``used_bytes`` is total minus available, so that
@@ -81,19 +113,29 @@ class MemoryCollector:
 
     def __init__(self, ps: ModuleType | Any = psutil) -> None:
         self._ps = ps
+        self._procfs = _uses_procfs(ps)
 
     def collect(self, now: float) -> dict[str, Any]:
-        vm = self._ps.virtual_memory()
-        sw = self._ps.swap_memory()
-        used = vm.total - vm.available
+        if self._procfs:
+            m = procfs.meminfo()
+            total, available = m.total_bytes, m.available_bytes
+            swap_total = m.swap_total_bytes
+            swap_used = max(0, swap_total - m.swap_free_bytes)
+            swap_percent = round(100.0 * swap_used / swap_total, 1) if swap_total else 0.0
+        else:
+            vm = self._ps.virtual_memory()
+            sw = self._ps.swap_memory()
+            total, available = vm.total, vm.available
+            swap_total, swap_used, swap_percent = sw.total, sw.used, round(sw.percent, 1)
+        used = total - available
         return {
-            "total_bytes": vm.total,
-            "available_bytes": vm.available,
+            "total_bytes": total,
+            "available_bytes": available,
             "used_bytes": used,
-            "percent": round(100.0 * used / vm.total, 1) if vm.total else None,
-            "swap_total_bytes": sw.total,
-            "swap_used_bytes": sw.used,
-            "swap_percent": round(sw.percent, 1),
+            "percent": round(100.0 * used / total, 1) if total else None,
+            "swap_total_bytes": swap_total,
+            "swap_used_bytes": swap_used,
+            "swap_percent": swap_percent,
         }
 
 
@@ -111,19 +153,27 @@ class DiskCollector:
         self._rates = Rates()
         self._mount_table: list[tuple[str, str]] = []
         self._mounts_read_at: float | None = None
+        self._diskstats = procfs.DiskStats() if _uses_procfs(ps) else None
 
     def collect(self, now: float) -> dict[str, Any]:
-        io = self._ps.disk_io_counters(perdisk=False)
-        counters = (
-            {}
-            if io is None
-            else {
-                "read_bytes": io.read_bytes,
-                "write_bytes": io.write_bytes,
-                "read_ops": io.read_count,
-                "write_ops": io.write_count,
+        counters: dict[str, float] = {}
+        if self._diskstats is not None:
+            totals = self._diskstats.read()
+            counters = {
+                "read_bytes": totals.read_bytes,
+                "write_bytes": totals.write_bytes,
+                "read_ops": totals.read_ops,
+                "write_ops": totals.write_ops,
             }
-        )
+        else:
+            io = self._ps.disk_io_counters(perdisk=False)
+            if io is not None:
+                counters = {
+                    "read_bytes": io.read_bytes,
+                    "write_bytes": io.write_bytes,
+                    "read_ops": io.read_count,
+                    "write_ops": io.write_count,
+                }
         rates = self._rates.update(now, counters)
         return {
             "read_bytes_per_s": _rounded(rates.get("read_bytes")),
@@ -146,6 +196,8 @@ class DiskCollector:
                 chosen.append(("/", ""))
             self._mount_table = sorted(chosen)
             self._mounts_read_at = now
+            if self._diskstats is not None:
+                self._diskstats.refresh()
         return self._mount_table
 
     def _mounts(self, now: float) -> list[dict[str, Any]]:
@@ -178,16 +230,26 @@ class NetworkCollector:
         self._ps = ps
         self._ignore = frozenset(ignore)
         self._rates = Rates()
+        self._procfs = _uses_procfs(ps)
+
+    def _read(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per interface: bytes received, sent, packets received, sent."""
+        if self._procfs:
+            return procfs.net_counters()
+        return {
+            nic: (c.bytes_recv, c.bytes_sent, c.packets_recv, c.packets_sent)
+            for nic, c in self._ps.net_io_counters(pernic=True).items()
+        }
 
     def collect(self, now: float) -> dict[str, Any]:
         counters: dict[str, float] = {}
-        for nic, c in self._ps.net_io_counters(pernic=True).items():
+        for nic, (recv_b, sent_b, recv_p, sent_p) in self._read().items():
             if nic in self._ignore:
                 continue
-            counters[f"{nic}\0recv_bytes"] = c.bytes_recv
-            counters[f"{nic}\0sent_bytes"] = c.bytes_sent
-            counters[f"{nic}\0recv_packets"] = c.packets_recv
-            counters[f"{nic}\0sent_packets"] = c.packets_sent
+            counters[f"{nic}\0recv_bytes"] = recv_b
+            counters[f"{nic}\0sent_bytes"] = sent_b
+            counters[f"{nic}\0recv_packets"] = recv_p
+            counters[f"{nic}\0sent_packets"] = sent_p
         rates = self._rates.update(now, counters)
         out: dict[str, Any] = {}
         for kind in ("recv_bytes", "sent_bytes", "recv_packets", "sent_packets"):
@@ -195,6 +257,11 @@ class NetworkCollector:
             total = sum_known(v for k, v in rates.items() if k.endswith(suffix))
             out[f"{kind}_per_s"] = _rounded(total)
         return out
+
+
+def _uses_procfs(ps: Any) -> bool:
+    """Read ``/proc`` directly: only for the real psutil, on Linux."""
+    return ps is psutil and procfs.AVAILABLE
 
 
 def _rounded(value: float | None, digits: int = 1) -> float | None:
@@ -225,6 +292,9 @@ class _Tracked:
     name: str
     user: str | None
     primed: bool = False
+    start_ticks: int = -1  # procfs: tells a reused pid from the process we know
+    cpu_seconds: float = 0.0  # procfs: CPU time and when it was read, for the percent
+    read_at: float = 0.0
 
 
 @dataclass
@@ -238,6 +308,10 @@ class ProcessTable:
 
     ps: ModuleType | Any = psutil
     _tracked: dict[int, _Tracked] = field(default_factory=dict)
+    _procfs: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._procfs = _uses_procfs(self.ps)
 
     def read(self, pids: Iterable[int]) -> list[ProcessInfo]:
         """Read each pid; gone or inaccessible processes are skipped. Processes not in
@@ -246,9 +320,10 @@ class ProcessTable:
         for pid in list(self._tracked):
             if pid not in wanted:
                 del self._tracked[pid]
+        read_one = self._read_procfs if self._procfs else self._read_one
         infos = []
         for pid in wanted:
-            info = self._read_one(pid)
+            info = read_one(pid)
             if info is not None:
                 infos.append(info)
         return infos
@@ -258,14 +333,7 @@ class ProcessTable:
         tracked = self._tracked.get(pid)
         try:
             if tracked is None:
-                proc = ps.Process(pid)
-                with proc.oneshot():
-                    name = proc.name()
-                    try:
-                        user = proc.username()
-                    except (ps.AccessDenied, KeyError):
-                        user = None
-                tracked = self._tracked[pid] = _Tracked(proc, name, user)
+                tracked = self._tracked[pid] = self._identify(pid)
             proc = tracked.process
             with proc.oneshot():
                 cpu = proc.cpu_percent(None)
@@ -278,6 +346,42 @@ class ProcessTable:
         cpu_percent = round(cpu, 1) if tracked.primed else None
         tracked.primed = True
         return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, rss)
+
+    def _identify(self, pid: int) -> _Tracked:
+        """Name and user, read once per process through psutil."""
+        ps = self.ps
+        proc = ps.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            try:
+                user = proc.username()
+            except (ps.AccessDenied, KeyError):
+                user = None
+        return _Tracked(proc, name, user)
+
+    def _read_procfs(self, pid: int) -> ProcessInfo | None:
+        """One read of ``/proc/<pid>/stat`` per tick; psutil only for a new process."""
+        ps = self.ps
+        try:
+            stat = procfs.process_stat(pid)
+            now = time.monotonic()
+            tracked = self._tracked.get(pid)
+            if tracked is None or tracked.start_ticks != stat.start_ticks:
+                tracked = self._tracked[pid] = self._identify(pid)
+                tracked.start_ticks = stat.start_ticks
+        except (procfs.ProcessGone, ps.NoSuchProcess, ps.ZombieProcess):
+            self._tracked.pop(pid, None)
+            return None
+        except (ps.AccessDenied, PermissionError):
+            return None
+        cpu_percent = None
+        elapsed = now - tracked.read_at
+        if tracked.primed and elapsed > 0:
+            busy = max(0.0, stat.cpu_seconds - tracked.cpu_seconds)
+            cpu_percent = round(100.0 * busy / elapsed, 1)
+        tracked.primed = True
+        tracked.cpu_seconds, tracked.read_at = stat.cpu_seconds, now
+        return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, stat.rss_bytes)
 
 
 def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: int) -> list:

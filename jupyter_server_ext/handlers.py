@@ -7,6 +7,7 @@ then our admin policy. Refusals are JSON, before any upgrade.
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,8 @@ from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
-from tornado import web
-from tornado.websocket import WebSocketHandler
+from tornado import httputil, web
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
 from sysmon_nb.protocol import (
     CLOSE_GOING_AWAY,
@@ -35,6 +36,7 @@ from sysmon_nb.protocol import (
 
 from .auth import CredentialsWatcher, watch_credentials
 from .broadcaster import Subscriber
+from .fanout import Frame, NotShareable, SharedDeflateProtocol, framing, write_frame
 
 if TYPE_CHECKING:
     from .app import SysmonExtension
@@ -44,6 +46,10 @@ AUTH_RESOURCE = "sysmon"
 #: Replies (``error``, ``subscribed``) a client may leave unflushed before it is closed:
 #: a client that sends but never reads must not grow the server's write buffer.
 MAX_UNREAD_REPLIES = 32
+
+#: A connection's framing not known yet / it compresses with a context of its own.
+_UNKNOWN: Any = object()
+_OWN_CONTEXT: Any = object()
 
 
 class _SysmonAuthMixin:
@@ -82,6 +88,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     _counted = False
     _unread_replies = 0
     _watcher: CredentialsWatcher | None = None
+    _framing: Any = _UNKNOWN  # found on the connection's first broadcast frame
 
     def set_default_headers(self) -> None:
         """Undo JupyterHandler's page headers, meaningless for a WebSocket."""
@@ -92,6 +99,18 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
 
     def get_compression_options(self) -> dict[str, Any] | None:
         return {} if self.extension.compression else None
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        """tornado's protocol, negotiating deflate without context takeover so that one
+        compressed frame serves every client (see :mod:`.fanout`). Keep-alive pings are
+        WebSocketMixin's (``ping_callback``), so tornado's own ping task, which reads
+        the mixin's milliseconds as seconds, is not started."""
+        protocol = super().get_websocket_protocol()
+        if type(protocol) is WebSocketProtocol13:
+            params = copy.copy(protocol.params)
+            params.ping_interval = params.ping_timeout = None
+            return SharedDeflateProtocol(self, False, params)
+        return protocol
 
     async def pre_get(self) -> None:
         await self._authorize_admin()
@@ -133,7 +152,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         if self._history is not None:
             samples = ext.broadcaster.history(self._history, self._metrics)
             self._send(encode(History(samples=tuple(samples))))
-        self._subscriber = ext.broadcaster.subscribe(self._send, self._metrics)
+        self._subscriber = ext.broadcaster.subscribe(self._send_frame, self._metrics)
         self._watcher.start()
 
     def on_message(self, message: str | bytes) -> None:
@@ -197,6 +216,31 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         """Write a frame; returns the flush future, or raises if the socket is closed."""
         future = self.write_message(frame)
         future.add_done_callback(_retrieve)
+        return future
+
+    def _detach_stream(self) -> Any:
+        """Called by tornado once the 101 answer is written: the answer's headers and
+        cookies are never read again, so a long-lived connection does not keep them."""
+        self._headers = httputil.HTTPHeaders()
+        self.__dict__.pop("_new_cookie", None)
+        return super()._detach_stream()
+
+    def _send_frame(self, frame: Frame) -> Any:
+        """Write a broadcast frame: the very bytes every other subscriber gets. Returns
+        ``None`` when the socket took it at once, else the flush future; raises if the
+        socket is closed."""
+        conn = self.ws_connection
+        deflate = self._framing
+        if deflate is _UNKNOWN:
+            try:
+                deflate = self._framing = framing(conn)
+            except NotShareable:
+                deflate = self._framing = _OWN_CONTEXT
+        if deflate is _OWN_CONTEXT:
+            return self._send(frame.text)
+        future = write_frame(conn, frame.wire(deflate))
+        if future is not None:
+            future.add_done_callback(_retrieve)
         return future
 
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from typing import Any
 
+import pytest
+from tornado.websocket import (
+    WebSocketProtocol13,
+    _PerMessageDeflateCompressor,
+    _WebSocketParams,
+)
+
 from jupyter_server_ext.broadcaster import SystemStatusBroadcaster
+from jupyter_server_ext.fanout import Deflate, Frame, NotShareable, framing
 from sysmon_nb.protocol import Status
 
 
@@ -24,14 +33,14 @@ class Recorder:
     """A connection that takes every frame at once."""
 
     def __init__(self) -> None:
-        self.frames: list[str] = []
+        self.frames: list[Frame] = []
 
-    def __call__(self, frame: str) -> None:
+    def __call__(self, frame: Frame) -> None:
         self.frames.append(frame)
 
     @property
     def seqs(self) -> list[int]:
-        return [json.loads(f)["seq"] for f in self.frames]
+        return [json.loads(f.text)["seq"] for f in self.frames]
 
 
 class Stalled:
@@ -39,10 +48,10 @@ class Stalled:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.frames: list[str] = []
+        self.frames: list[Frame] = []
         self.futures: list[asyncio.Future[None]] = []
 
-    def __call__(self, frame: str) -> asyncio.Future[None]:
+    def __call__(self, frame: Frame) -> asyncio.Future[None]:
         self.frames.append(frame)
         future = self.loop.create_future()
         self.futures.append(future)
@@ -65,9 +74,9 @@ def test_same_subscription_shares_one_encoded_frame() -> None:
     assert all(len(c.frames) == 1 for c in clients)
     # the very same string object: encoded once for the set, not once per client
     assert clients[0].frames[0] is clients[1].frames[0] is clients[2].frames[0]
-    assert set(json.loads(clients[0].frames[0])) >= {"cpu"}
-    assert "memory" not in json.loads(clients[0].frames[0])
-    assert "cpu" not in json.loads(other.frames[0])
+    assert set(json.loads(clients[0].frames[0].text)) >= {"cpu"}
+    assert "memory" not in json.loads(clients[0].frames[0].text)
+    assert "cpu" not in json.loads(other.frames[0].text)
 
 
 def test_history_is_bounded_oldest_first_and_subset() -> None:
@@ -96,7 +105,9 @@ def test_unsubscribe_and_change() -> None:
     b.publish(sample(1))
     b.change(sub, ("memory",))
     b.publish(sample(2))
-    assert "memory" in json.loads(rec.frames[-1]) and "cpu" not in json.loads(rec.frames[-1])
+    assert "memory" in json.loads(rec.frames[-1].text) and "cpu" not in json.loads(
+        rec.frames[-1].text
+    )
     b.unsubscribe(sub)
     b.unsubscribe(sub)  # idempotent
     b.publish(sample(3))
@@ -121,7 +132,7 @@ async def test_a_stalled_client_delays_nobody_and_holds_a_bounded_buffer() -> No
     for _ in range(10):
         stalled.release()
         await asyncio.sleep(0)
-    assert [json.loads(f)["seq"] for f in stalled.frames] == [1, 98, 99, 100]
+    assert [json.loads(f.text)["seq"] for f in stalled.frames] == [1, 98, 99, 100]
     assert slow.pending == 0
 
 
@@ -142,7 +153,7 @@ async def test_failed_write_drops_the_subscriber() -> None:
 def test_send_that_raises_drops_only_that_subscriber() -> None:
     b = SystemStatusBroadcaster(history=0, buffer_size=3)
 
-    def broken(frame: str) -> Any:
+    def broken(frame: Frame) -> Any:
         raise RuntimeError("socket closed")
 
     b.subscribe(broken, ("cpu",))
@@ -152,3 +163,61 @@ def test_send_that_raises_drops_only_that_subscriber() -> None:
     b.publish(sample(2))
     assert ok.seqs == [1, 2]
     assert len(b) == 1
+
+
+# -- frames built once (fanout) --------------------------------------------------------
+
+
+def tornado_frame(text: str, compressed: bool) -> bytes:
+    """What tornado's own write path puts on the wire for ``text`` to one client."""
+    written: list[bytes] = []
+
+    class Stream:
+        def write(self, data: bytes) -> None:
+            written.append(data)
+
+    class Handler:
+        pass
+
+    params = _WebSocketParams(compression_options={} if compressed else None)
+    proto = WebSocketProtocol13(Handler(), False, params)  # type: ignore[arg-type]
+    proto.stream = Stream()  # type: ignore[assignment]
+    if compressed:
+        proto._create_compressors("server", {"server_no_context_takeover": None}, {})
+    message = text.encode()
+    flags = 0
+    if proto._compressor is not None:
+        message = proto._compressor.compress(message)
+        flags = proto.RSV1
+    proto._write_frame(True, 0x1, message, flags)
+    return written[0]
+
+
+@pytest.mark.parametrize("size", [10, 125, 126, 2000, 70000])
+def test_frame_bytes_match_tornados_plain_and_deflated(size: int) -> None:
+    text = json.dumps({"type": "status", "pad": "é" + "x" * size})
+    frame = Frame(text)
+    assert frame.wire() == tornado_frame(text, compressed=False)
+    deflate = Deflate(level=6, mem_level=8, wbits=15)
+    assert frame.wire(deflate) == tornado_frame(text, compressed=True)
+    # built once per framing, then shared
+    assert frame.wire() is frame.wire()
+    assert frame.wire(deflate) is frame.wire(Deflate(6, 8, 15))
+    deflated = frame.wire(deflate)
+    assert deflated[0] == 0xC1  # FIN, RSV1 (compressed), text
+    length = deflated[1] & 0x7F
+    body = deflated[{126: 4, 127: 10}.get(length, 2) :]
+    assert zlib.decompressobj(-15).decompress(body + b"\x00\x00\xff\xff").decode() == text
+
+
+def test_framing_refuses_a_connection_with_its_own_deflate_context() -> None:
+    class Conn:
+        _compressor = None
+
+    assert framing(Conn()) is None
+    conn = Conn()
+    conn._compressor = _PerMessageDeflateCompressor(persistent=False, max_wbits=12)  # type: ignore[assignment]
+    assert framing(conn) == Deflate(level=6, mem_level=8, wbits=12)
+    conn._compressor = _PerMessageDeflateCompressor(persistent=True, max_wbits=15)  # type: ignore[assignment]
+    with pytest.raises(NotShareable):
+        framing(conn)

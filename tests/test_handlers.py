@@ -8,12 +8,14 @@ import itertools
 import json
 import os
 import socket
+import time
 from typing import Any, ClassVar
 
 import pytest
 import websockets
 from jupyter_server.auth import IdentityProvider, User
 from tornado.httpclient import HTTPClientError
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 from jupyter_server_ext.errors import CollectorError
 from sysmon_nb import __version__
@@ -462,3 +464,123 @@ async def test_hub_owner_when_allowed_but_not_other_users(connect: Any) -> None:
         assert (await recv_json(ws))["type"] == "hello"
     code, _ = await refused(connect, headers={"Authorization": "token hub-user"})
     assert code == 403
+
+
+# -- the fan-out's write path (frames built once, written to every socket) ---------------
+
+
+def read_frames(sock: socket.socket, seconds: float) -> list[str]:
+    """The text frames a raw client receives over ``seconds`` (server frames: unmasked,
+    uncompressed)."""
+    sock.settimeout(0.2)
+    data = b""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    texts = []
+    while len(data) >= 2:
+        assert data[0] == 0x81, data[:2]  # FIN, text
+        length, start = data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < start + length:
+            break
+        texts.append(data[start : start + length].decode())
+        data = data[start + length :]
+    return texts
+
+
+@pytest.mark.parametrize("sysmon_config", [{"compression": True}], indirect=True)
+async def test_compressed_and_plain_clients_get_the_same_text(connect: Any) -> None:
+    small_window = ClientPerMessageDeflateFactory(server_max_window_bits=10)
+    async with (
+        connect("metrics=cpu,memory,processes") as deflated,
+        connect("metrics=cpu,memory,processes", compression=None) as plain,
+        connect(
+            "metrics=cpu,memory,processes", compression=None, extensions=[small_window]
+        ) as narrow,
+    ):
+        (ext,) = deflated.protocol.extensions
+        # one compressed frame serves every client: no server context between messages
+        assert ext.remote_no_context_takeover and ext.local_no_context_takeover
+        assert negotiated_extensions(plain) == []
+        assert negotiated_extensions(narrow) == ["PerMessageDeflate"]
+        texts: dict[str, dict[int, str]] = {}
+        for name, ws in (("deflated", deflated), ("plain", plain), ("narrow", narrow)):
+            got = texts.setdefault(name, {})
+            for _ in range(20):
+                text = await asyncio.wait_for(ws.recv(), 10)
+                frame = json.loads(text)
+                if frame["type"] == "status":
+                    got[frame["seq"]] = text
+                if len(got) >= 3:
+                    break
+    common = set(texts["deflated"]) & set(texts["plain"]) & set(texts["narrow"])
+    assert common
+    for seq in common:  # the very same text, whatever the framing
+        assert texts["deflated"][seq] == texts["plain"][seq] == texts["narrow"][seq]
+    # and a client message still goes through the (context-free) inflater
+    async with connect("metrics=cpu") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "metrics": ["memory"]}))
+        assert (await recv_type(ws, "subscribed"))["metrics"] == ["memory"]
+
+
+@pytest.mark.parametrize("sysmon_config", [{"client_buffer": 2}], indirect=True)
+async def test_stalled_reader_gets_newest_frames_and_spares_the_others(
+    connect: Any, sysmon: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: Any
+) -> None:
+    loop = asyncio.get_running_loop()
+    path = f"{jp_base_url}sysmon/ws?metrics=memory,processes"
+    token = jp_auth_header["Authorization"]
+    async with connect("metrics=cpu") as bystander:
+        await recv_json(bystander)
+        sock = await loop.run_in_executor(None, raw_client, jp_http_port, path, token)
+        try:
+            await eventually(lambda: any(h._metrics != ("cpu",) for h in sysmon.connections))
+            (handler,) = [h for h in sysmon.connections if h._metrics != ("cpu",)]
+            handler.ws_connection.stream.socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            stalled = handler._subscriber
+            seen: list[int] = []
+
+            async def follow() -> None:
+                while not stalled.lagged:
+                    seen.append((await recv_type(bystander, "status"))["seq"])
+
+            await asyncio.wait_for(follow(), 45)  # until the stalled client loses frames
+            assert stalled.pending <= 2  # bounded, whatever the backlog
+            newest = sysmon.broadcaster.latest.seq
+            # reading resumes; a receive window under one segment would crawl (TCP's
+            # silly-window avoidance), so open it first
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            frames = await loop.run_in_executor(None, read_frames, sock, 3.0)
+        finally:
+            sock.close()
+    # the bystander lost nothing while the other client stalled
+    assert seen == list(range(seen[0], seen[0] + len(seen)))
+    seqs = [json.loads(t)["seq"] for t in frames if json.loads(t)["type"] == "status"]
+    assert seqs == sorted(set(seqs))  # in order, no repeats
+    assert max(b - a for a, b in itertools.pairwise(seqs)) > 1, seqs  # dropped
+    assert seqs[-1] >= newest  # and it caught up on the newest
+    await assert_still_serving(connect)
+
+
+async def test_a_connection_keeps_nothing_of_its_handshake_answer(
+    connect: Any, sysmon: Any
+) -> None:
+    async with connect("metrics=cpu") as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        (handler,) = sysmon.connections
+        # the 101 answer's headers and login cookie are gone once written ...
+        assert not handler._headers and not hasattr(handler, "_new_cookie")
+        # ... and the connection streams on
+        assert "cpu" in await recv_type(ws, "status")

@@ -1,0 +1,78 @@
+"""The benchmark harness runs end to end on tiny sizes (its figures mean nothing here:
+this checks that ``make bench`` works, not how fast anything is)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import PARTS
+from benchmarks.common import Result, connections, delivery
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_part_of_the_issue_has_a_module_and_a_title() -> None:
+    assert list(PARTS) == ["sampler", "fanout", "compression", "slow", "peers", "widget"]
+    listing = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert [line.split()[0] for line in listing.splitlines()] == list(PARTS)
+
+
+def test_a_result_says_its_ratio_and_verdict() -> None:
+    result = Result("p", "cpu", 12.0, "us", 48.0, "floor", goal="<= 25 us", met=True)
+    assert result.ratio == 0.25
+    line = result.line()
+    assert "12 us" in line and "ratio 0.25x" in line and "MET" in line
+    missed = Result("p", "rss", 30.0, "KiB", goal="<= 20 KiB", met=False, reason="why")
+    assert "MISSED - why" in missed.line()
+
+
+def test_delivery_counts_lost_and_reordered_frames() -> None:
+    def conn(seqs: list[int], out_of_order: int = 0) -> dict[str, object]:
+        frames = [[s, 100.0 + s, 100.05 + s, 1000 * i] for i, s in enumerate(seqs)]
+        return {"kind": "normal", "frames": frames, "out_of_order": out_of_order}
+
+    reports = [{"connections": [conn([1, 2, 3, 4]), conn([1, 3, 4], out_of_order=1)]}]
+    d = delivery(connections(reports), 100.0, 105.0)
+    assert d.frames == 4
+    assert d.lost == 1
+    assert d.out_of_order == 1
+    assert d.received == 7
+    assert d.p50_ms == pytest.approx(50.0)
+    assert d.wire_per_frame == pytest.approx(1000.0)
+
+
+def test_the_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    parts = ["sampler", "fanout", "widget"]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", *parts, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "[fanout]" in run.stdout and "goal <= 25 us" in run.stdout
+    results = json.loads(out.read_text())["results"]
+    by_name = {r["name"]: r for r in results}
+    lost = by_name["lost + out-of-order frames, N=6"]
+    assert lost["value"] == 0 and lost["met"] is True  # every client got every frame
+    cpu = by_name["server CPU per client per frame, N=6"]
+    assert cpu["reference_name"] == "tornado write_message" and cpu["reference"] is not None
+    widget_cpu = by_name["kernel CPU per dashboard update (median)"]
+    assert widget_cpu["value"] > 0 and widget_cpu["met"] is not None
+    assert "121 points in the window" in widget_cpu["reason"]  # 10 min at 5 s, trimmed
+    widget_bytes = by_name["bytes to the front end per update (median)"]
+    assert widget_bytes["value"] > 0 and widget_bytes["reference_name"] == "its status frame"

@@ -1,0 +1,172 @@
+"""The /proc readers the collectors use with the real psutil on Linux."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jupyter_server_ext import procfs
+from jupyter_server_ext.collectors import (
+    CpuCollector,
+    DiskCollector,
+    MemoryCollector,
+    NetworkCollector,
+    ProcessTable,
+)
+
+pytestmark = pytest.mark.skipif(
+    not procfs.AVAILABLE and not os.environ.get("CI"), reason="Linux /proc only"
+)
+
+
+def test_process_stat_agrees_with_psutil() -> None:
+    me = psutil.Process()
+    stat = procfs.process_stat(os.getpid())
+    rss = me.memory_info().rss
+    assert abs(stat.rss_bytes - rss) <= 0.1 * rss
+    times = me.cpu_times()
+    assert stat.cpu_seconds == pytest.approx(times.user + times.system, abs=0.05)
+    assert procfs.process_stat(os.getpid()).start_ticks == stat.start_ticks
+
+
+def test_process_stat_of_gone_and_zombie_processes() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 20
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "child never exited"
+            time.sleep(0.05)
+        with pytest.raises(procfs.ProcessGone):
+            procfs.process_stat(child.pid)
+    finally:
+        child.wait(10)
+    with pytest.raises(procfs.ProcessGone):
+        procfs.process_stat(child.pid)
+
+
+def test_process_stat_parses_names_with_spaces_and_parentheses(tmp_path: Path) -> None:
+    (tmp_path / "77").mkdir()
+    fields = ["S"] + ["0"] * 10 + ["250", "150"] + ["0"] * 6 + ["12345", "0", "3"]
+    (tmp_path / "77" / "stat").write_text("77 (a) (b c) " + " ".join(fields) + " 0 0\n")
+    stat = procfs.process_stat(77, proc=str(tmp_path))
+    assert stat.cpu_seconds == pytest.approx(400 / procfs.CLOCK_TICKS)
+    assert stat.start_ticks == 12345
+    assert stat.rss_bytes == 3 * procfs.PAGE_BYTES
+
+
+def test_meminfo_matches_psutil_and_falls_back_without_memavailable(tmp_path: Path) -> None:
+    real = procfs.meminfo()
+    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+    assert real.total_bytes == vm.total
+    assert real.swap_total_bytes == sw.total
+    old = tmp_path / "meminfo"
+    old.write_text("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 30 kB\n")
+    info = procfs.meminfo(str(old))
+    assert info.total_bytes == 1_024_000
+    assert info.available_bytes == 150 * 1024
+    assert info.swap_total_bytes == 0
+    result = MemoryCollector().collect(0.0)
+    assert result["total_bytes"] == vm.total
+    assert result["used_bytes"] == result["total_bytes"] - result["available_bytes"]
+
+
+def test_diskstats_sums_whole_disks_only(tmp_path: Path) -> None:
+    sys_block = tmp_path / "block"
+    (sys_block / "vda").mkdir(parents=True)
+    (sys_block / "cciss!c0d0").mkdir()
+    stats = tmp_path / "diskstats"
+    stats.write_text(
+        " 252 0 vda 10 0 80 0 20 0 160 0 0 0 0\n"
+        " 252 1 vda1 9 0 70 0 19 0 150 0 0 0 0\n"
+        " 104 0 cciss/c0d0 1 0 8 0 2 0 16 0 0 0 0\n"
+    )
+    totals = procfs.DiskStats(str(stats), str(sys_block)).read()
+    assert totals == procfs.DiskTotals(
+        read_bytes=88 * 512, write_bytes=176 * 512, read_ops=11, write_ops=22
+    )
+
+
+def test_disk_collector_reads_the_same_counters_as_psutil() -> None:
+    before = psutil.disk_io_counters(perdisk=False)
+    ours = procfs.DiskStats().read()
+    after = psutil.disk_io_counters(perdisk=False)
+    if before is None:
+        return  # no disk at all: nothing to compare
+    assert before.read_count <= ours.read_ops <= after.read_count
+    assert before.write_count <= ours.write_ops <= after.write_count
+    assert DiskCollector().collect(0.0)["mounts"]
+
+
+def test_process_table_reads_cpu_and_rss_of_a_busy_child() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        table = ProcessTable()
+        (first,) = table.read([child.pid])
+        assert first.cpu_percent is None  # not known on a first reading
+        assert first.name.startswith("python")
+        deadline = time.monotonic() + 30
+        while True:
+            time.sleep(0.3)
+            (info,) = table.read([child.pid])
+            if info.cpu_percent is not None and info.cpu_percent > 20:
+                break
+            assert time.monotonic() < deadline, info
+        assert info.rss_bytes > 1_000_000
+        # a pid reused by another process is read afresh, not mixed with the old one
+        table._tracked[child.pid].start_ticks -= 1
+        table._tracked[child.pid].name = "stale"
+        (again,) = table.read([child.pid])
+        assert again.name != "stale" and again.cpu_percent is None
+    finally:
+        child.kill()
+        child.wait(10)
+    assert table.read([child.pid]) == []
+    assert child.pid not in table._tracked
+
+
+def test_cpu_ticks_match_psutil_and_the_collector_reads_them(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  100 5 50 800 40 1 2 3 7 0\n"
+        "cpu0 60 5 30 380 20 1 1 2 7 0\n"
+        "cpu1 40 0 20 420 20 0 1 1 0 0\n"
+        "intr 12345 0\n"
+    )
+    overall, cores = procfs.cpu_ticks(str(stat))
+    assert overall == (1001, 840)  # user..steal (guest is inside user), idle + iowait
+    assert cores == [(499, 400), (502, 440)]
+    _, real = procfs.cpu_ticks()
+    assert len(real) == len(psutil.cpu_times(percpu=True))
+    collector = CpuCollector()
+    assert collector.collect(0.0)["percent"] is None
+    busy = time.thread_time() + 0.3
+    while time.thread_time() < busy:  # spin so that the next reading has elapsed ticks
+        pass
+    second = collector.collect(1.0)
+    assert second["count"] == len(real)
+    assert 0.0 < second["percent"] <= 100.0
+    assert len(second["per_cpu"]) == len(real)
+
+
+def test_net_counters_match_psutil(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.write_text(
+        "Inter-|   Receive |  Transmit\n"
+        " face |bytes packets errs drop fifo frame compressed multicast|bytes packets\n"
+        "    lo: 10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0\n"
+        "  eth0: 2000 20 0 0 0 0 0 0 3000 30 0 0 0 0 0 0\n"
+    )
+    assert procfs.net_counters(str(dev)) == {"lo": (10, 10, 1, 1), "eth0": (2000, 3000, 20, 30)}
+    ours = procfs.net_counters()
+    theirs = psutil.net_io_counters(pernic=True)
+    assert set(ours) == set(theirs)
+    for nic, (recv_bytes, _, _, _) in ours.items():
+        assert recv_bytes <= theirs[nic].bytes_recv + 10_000_000
+    first = NetworkCollector().collect(0.0)
+    assert first["recv_bytes_per_s"] is None  # no rate on a first reading
