@@ -12,6 +12,8 @@ import websockets
 
 from jupyter_server_ext.app import SysmonExtension
 
+from .servers import jupyter  # noqa: F401  (the fixture: real Jupyter processes)
+
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 #: Short enough for quick tests, long enough for a loaded 2-core CI machine.

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +14,7 @@ from traitlets import TraitError
 from jupyter_server_ext.app import SysmonExtension
 from sysmon_nb.protocol import GROUPS
 
-TOKEN = "sysmon-test-token"
+from .servers import TOKEN
 
 
 @pytest.mark.parametrize(
@@ -68,82 +59,9 @@ def test_every_trait_has_help_and_is_configurable() -> None:
 # -- a real server process, configured only by what `pip install` put in place ---------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, tmp: Path, *args: str) -> None:
-        self.port = free_port()
-        self.log_path = tmp / "server.log"
-        env = dict(os.environ)
-        for name in ("CONFIG", "RUNTIME", "DATA"):
-            env[f"JUPYTER_{name}_DIR"] = str(tmp / name.lower())
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
-                f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-                "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
-                f"--ServerApp.root_dir={tmp}", *args,
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
-        )  # fmt: skip
-        self.wait_ready()
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/{path}", headers={"Authorization": f"token {TOKEN}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                return reply.status, reply.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if self.get("api/status")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not start in time")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Server] = []
-
-    def start(*args: str) -> Server:
-        server = Server(tmp_path, *args)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 @pytest.mark.timeout(120)
-def test_installed_extension_streams_and_says_1001_on_sigterm(server_factory: Any) -> None:
-    server = server_factory("--SysmonExtension.interval=0.3")
+def test_installed_extension_streams_and_says_1001_on_sigterm(jupyter: Any) -> None:
+    server = jupyter(interval=0.3)
 
     async def watch() -> tuple[list[dict[str, Any]], int | None]:
         url = f"ws://127.0.0.1:{server.port}/sysmon/ws?metrics=cpu,memory"
@@ -168,10 +86,13 @@ def test_installed_extension_streams_and_says_1001_on_sigterm(server_factory: An
 
 
 @pytest.mark.timeout(120)
-def test_bad_config_disables_sysmon_loudly_and_the_server_keeps_serving(
-    server_factory: Any,
-) -> None:
-    server = server_factory("--SysmonExtension.metrics=cpu", "--SysmonExtension.metrics=bogus")
+def test_bad_config_disables_sysmon_loudly_and_the_server_keeps_serving(jupyter: Any) -> None:
+    server = jupyter(
+        "--SysmonExtension.metrics=cpu",
+        "--SysmonExtension.metrics=bogus",
+        interval=None,
+        ready_path="api/status",  # sysmon's own routes never come up
+    )
     code, _ = server.get("sysmon/api/status")
     assert code == 404
     assert server.get("api/status")[0] == 200

@@ -19,9 +19,7 @@ from typing import Any
 
 import pytest
 
-from .servers import ROOT, TOKEN, isolated_env, jupyter
-
-__all__ = ["jupyter"]
+from .servers import ROOT, TOKEN, isolated_env
 
 OWNER = "binder-user"
 

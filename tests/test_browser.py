@@ -15,9 +15,7 @@ from typing import Any
 
 import pytest
 
-from .servers import ROOT, TOKEN, isolated_env, jupyter
-
-__all__ = ["jupyter"]
+from .servers import ROOT, TOKEN, isolated_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -9,9 +9,7 @@ import pytest
 
 from sysmon_nb.discovery import DiscoveryError, Target, discover
 
-from .servers import TOKEN, isolated_env, jupyter
-
-__all__ = ["jupyter"]
+from .servers import TOKEN, isolated_env
 
 HUB = {
     "JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:5555/user/ann/",

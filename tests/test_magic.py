@@ -10,9 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from .servers import TOKEN, execute, isolated_env, jupyter, outputs_text
-
-__all__ = ["jupyter"]
+from .servers import TOKEN, execute, isolated_env, outputs_text
 
 WAIT_FOR = """
 import asyncio, json, psutil, sysmon_nb.magic as m

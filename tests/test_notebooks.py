@@ -9,9 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
 
-from .servers import ROOT, TOKEN, execute, isolated_env, jupyter, outputs_text
-
-__all__ = ["jupyter"]
+from .servers import ROOT, TOKEN, execute, isolated_env, outputs_text
 
 CHECK_DEMO = """
 import asyncio, sysmon_nb.magic as m
