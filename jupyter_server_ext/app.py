@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import socket
 from typing import Any
 
+from jupyter_server.base.websocket import WS_PING_INTERVAL
 from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Bool, Float, Int, List, Set, TraitError, Unicode, default, validate
 
 from sysmon_nb._version import __version__
@@ -176,6 +179,7 @@ class SysmonExtension(ExtensionApp):
         )
         self.sampler = Sampler(self.make_collectors(), self.interval, self._on_sample, self.host)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._keepalive: PeriodicCallback | None = None
         self.log.info(
             "sysmon: sampling %s every %ss; owner is admin: %s",
             ", ".join(self.metrics),
@@ -212,11 +216,22 @@ class SysmonExtension(ExtensionApp):
             return  # the extension failed to load; nothing to start
         self._loop = asyncio.get_running_loop()
         self.sampler.start()
+        settings = serverapp.web_app.settings
+        interval_ms = settings.get("ws_ping_interval", WS_PING_INTERVAL)
+        if interval_ms > 0:
+            timeout_ms = settings.get("ws_ping_timeout", max(3 * interval_ms, WS_PING_INTERVAL))
+            self._keepalive = PeriodicCallback(
+                functools.partial(self._ping_all, interval_ms, timeout_ms), interval_ms
+            )
+            self._keepalive.start()
 
     async def stop_extension(self) -> None:
         """Stop sampling and close every connection with 1001."""
         if not hasattr(self, "sampler"):
             return
+        if self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.sampler.stop)
         self._loop = None
@@ -226,6 +241,13 @@ class SysmonExtension(ExtensionApp):
         if self.connections:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), CLOSE_GRACE)
+
+    def _ping_all(self, interval_ms: float, timeout_ms: float) -> None:
+        """One timer's keep-alive for every connection (one timer per connection costs
+        a loop wake-up each; here all pings leave, and their pongs come back, together)."""
+        now = IOLoop.current().time()
+        for handler in list(self.connections):
+            handler.keepalive(now, interval_ms, timeout_ms)
 
     def connection_closed(self, handler: StatusWebSocketHandler) -> None:
         """Forget a connection (called once it ends or its upgrade fails)."""

@@ -25,6 +25,10 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 _FIN = 0x80
 _RSV1 = 0x40
 _TEXT = 0x1
+_PING = 0x9
+
+#: A complete ping frame with no payload (control frames are never compressed).
+PING_FRAME = bytes([_FIN | _PING, 0])
 
 
 class Deflate(NamedTuple):

@@ -16,7 +16,13 @@ from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import httputil, web
-from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
+from tornado.ioloop import IOLoop
+from tornado.websocket import (
+    WebSocketClosedError,
+    WebSocketHandler,
+    WebSocketProtocol,
+    WebSocketProtocol13,
+)
 
 from sysmon_nb.protocol import (
     CLOSE_GOING_AWAY,
@@ -36,7 +42,7 @@ from sysmon_nb.protocol import (
 
 from .auth import CredentialsWatcher, watch_credentials
 from .broadcaster import Subscriber
-from .fanout import Frame, NotShareable, SharedDeflateProtocol, framing, write_frame
+from .fanout import PING_FRAME, Frame, NotShareable, SharedDeflateProtocol, framing, write_frame
 
 if TYPE_CHECKING:
     from .app import SysmonExtension
@@ -137,7 +143,9 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             self._release()
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        super().open(*args, **kwargs)  # starts the keep-alive pings
+        # Not WebSocketMixin.open: it starts a ping timer per connection. The extension
+        # pings every connection from one timer instead (keepalive below), by its rules.
+        self.last_ping = self.last_pong = IOLoop.current().time()
         ext = self.extension
         self._watcher = watch_credentials(self, ext.policy, ext.revalidate_interval)
         hello = Hello(
@@ -170,11 +178,33 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     def on_close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
-        if self.ping_callback is not None:
-            # WebSocketMixin never stops it; a live callback keeps this handler alive.
-            self.ping_callback.stop()
-            self.ping_callback = None
         self._release()
+
+    def keepalive(self, now: float, interval_ms: float, timeout_ms: float) -> None:
+        """Ping the client, or close the connection if its pongs stopped coming.
+
+        Called by the extension's one keep-alive timer for every connection, with
+        ``WebSocketMixin.send_ping``'s rules (and jupyter_server's ``ws_ping_interval``
+        and ``ws_ping_timeout``); the ping's prebuilt frame takes the same direct path
+        as status frames.
+        """
+        conn = self.ws_connection
+        if conn is None:
+            return
+        if conn.client_terminated:
+            self.close()
+            return
+        since_pong = 1e3 * (now - self.last_pong)
+        since_ping = 1e3 * (now - self.last_ping)
+        if since_ping < 2 * interval_ms and since_pong > timeout_ms:
+            self.log.warning("sysmon: WebSocket ping timeout after %i ms", since_pong)
+            self.close()
+            return
+        try:
+            write_frame(conn, PING_FRAME)
+        except WebSocketClosedError:
+            return
+        self.last_ping = now
 
     def close_going_away(self) -> None:
         """Close with 1001 because the server is shutting down."""

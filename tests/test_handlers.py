@@ -338,16 +338,41 @@ async def test_compression_when_enabled_and_offered(connect: Any) -> None:
         assert "cpu" in await recv_type(plain, "status")
 
 
-async def test_closed_connection_stops_its_keepalive_and_leaves_nothing(
-    connect: Any, sysmon: Any
-) -> None:
+async def test_closed_connection_leaves_nothing(connect: Any, sysmon: Any) -> None:
     async with connect() as ws:
         await recv_json(ws)
         (handler,) = sysmon.connections
-        assert handler.ping_callback is not None and handler.ping_callback.is_running()
-        callback = handler.ping_callback
+        assert handler.ping_callback is None  # no timer per connection: one for all
     await eventually(lambda: not sysmon.connections and len(sysmon.broadcaster) == 0)
-    assert not callback.is_running()
+
+
+@pytest.mark.parametrize(
+    "server_config",
+    [{"tornado_settings": {"ws_ping_interval": 200, "ws_ping_timeout": 600}}],
+    indirect=True,
+)
+async def test_one_keepalive_timer_pings_everyone_and_drops_the_silent(
+    connect: Any, sysmon: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: Any
+) -> None:
+    async with connect("metrics=cpu") as ws:
+        await recv_json(ws)
+        started = time.monotonic()
+        (handler,) = sysmon.connections
+        first_pong = handler.last_pong
+        # The websockets client answers the server's pings: its pongs keep arriving.
+        await eventually(lambda: handler.last_pong > first_pong)
+        # A client that never answers (nor reads) is closed after ws_ping_timeout...
+        loop = asyncio.get_running_loop()
+        path, token = f"{jp_base_url}sysmon/ws?metrics=cpu", jp_auth_header["Authorization"]
+        silent = await loop.run_in_executor(None, raw_client, jp_http_port, path, token)
+        try:
+            await eventually(lambda: len(sysmon.connections) == 2)
+            await eventually(lambda: len(sysmon.connections) == 1, timeout=10)
+        finally:
+            silent.close()
+        # ...while the answering one keeps streaming.
+        assert "cpu" in await recv_type(ws, "status")
+        assert time.monotonic() - started > 0.6
 
 
 def raw_client(port: int, path: str, token: str) -> socket.socket:
