@@ -101,7 +101,7 @@ def judge(
                 quiet.cpu_us,
                 "us",
                 ours.cpu_us,
-                "sysmon-nb with jupyter_server's pings (every 30 s)",
+                "sysmon-nb with keep-alive pings (every 30 s)",
             )
         )
     return results
@@ -114,7 +114,7 @@ def _cpu_reason(ours: Measurement, tornado: Measurement, quiet: Measurement | No
         return ""
     if quiet is not None and quiet.cpu_us is not None and quiet.cpu_us <= CPU_GOAL_US:
         return (
-            f"jupyter_server's keep-alive ping and pong (every 30 s per connection) cost "
+            f"the keep-alive ping and pong (every 30 s per connection) cost "
             f"{ours.cpu_us - quiet.cpu_us:.3g} us/client/frame here; without them "
             f"{quiet.cpu_us:.3g} us. The references send no pings"
         )
