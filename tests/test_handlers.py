@@ -352,7 +352,7 @@ async def test_closed_connection_leaves_nothing(connect: Any, sysmon: Any) -> No
     indirect=True,
 )
 async def test_one_keepalive_timer_pings_everyone_and_drops_the_silent(
-    connect: Any, sysmon: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: Any
+    connect: Any, sysmon: Any, open_raw: Any
 ) -> None:
     async with connect("metrics=cpu") as ws:
         await recv_json(ws)
@@ -362,9 +362,7 @@ async def test_one_keepalive_timer_pings_everyone_and_drops_the_silent(
         # The websockets client answers the server's pings: its pongs keep arriving.
         await eventually(lambda: handler.last_pong > first_pong)
         # A client that never answers (nor reads) is closed after ws_ping_timeout...
-        loop = asyncio.get_running_loop()
-        path, token = f"{jp_base_url}sysmon/ws?metrics=cpu", jp_auth_header["Authorization"]
-        silent = await loop.run_in_executor(None, raw_client, jp_http_port, path, token)
+        silent = await open_raw("metrics=cpu")
         try:
             await eventually(lambda: len(sysmon.connections) == 2)
             await eventually(lambda: len(sysmon.connections) == 1, timeout=10)
@@ -392,6 +390,19 @@ def raw_client(port: int, path: str, token: str) -> socket.socket:
     return sock
 
 
+@pytest.fixture
+def open_raw(jp_http_port: int, jp_base_url: str, jp_auth_header: Any) -> Any:
+    """Opens a hand-made client on ``sysmon/ws?<query>`` (see ``raw_client``)."""
+
+    async def open_(query: str) -> socket.socket:
+        path = f"{jp_base_url}sysmon/ws?{query}"
+        token = jp_auth_header["Authorization"]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, raw_client, jp_http_port, path, token)
+
+    return open_
+
+
 def masked_text_frame(payload: bytes) -> bytes:
     mask = os.urandom(4)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -399,14 +410,12 @@ def masked_text_frame(payload: bytes) -> bytes:
 
 
 async def test_client_that_sends_but_never_reads_is_closed_not_buffered(
-    connect: Any, sysmon: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: Any
+    connect: Any, sysmon: Any, open_raw: Any
 ) -> None:
     async with connect("metrics=cpu") as bystander:
         await recv_json(bystander)
         loop = asyncio.get_running_loop()
-        path = f"{jp_base_url}sysmon/ws?metrics=memory"
-        token = jp_auth_header["Authorization"]
-        sock = await loop.run_in_executor(None, raw_client, jp_http_port, path, token)
+        sock = await open_raw("metrics=memory")
         sock.setblocking(False)
         await eventually(lambda: any(h._metrics == ("memory",) for h in sysmon.connections))
         (handler,) = [h for h in sysmon.connections if h._metrics == ("memory",)]
@@ -560,14 +569,12 @@ async def test_compressed_and_plain_clients_get_the_same_text(connect: Any) -> N
 
 @pytest.mark.parametrize("sysmon_config", [{"client_buffer": 2}], indirect=True)
 async def test_stalled_reader_gets_newest_frames_and_spares_the_others(
-    connect: Any, sysmon: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: Any
+    connect: Any, sysmon: Any, open_raw: Any
 ) -> None:
     loop = asyncio.get_running_loop()
-    path = f"{jp_base_url}sysmon/ws?metrics=memory,processes"
-    token = jp_auth_header["Authorization"]
     async with connect("metrics=cpu") as bystander:
         await recv_json(bystander)
-        sock = await loop.run_in_executor(None, raw_client, jp_http_port, path, token)
+        sock = await open_raw("metrics=memory,processes")
         try:
             await eventually(lambda: any(h._metrics != ("cpu",) for h in sysmon.connections))
             (handler,) = [h for h in sysmon.connections if h._metrics != ("cpu",)]
