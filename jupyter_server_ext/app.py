@@ -8,6 +8,7 @@ import contextlib
 import functools
 import os
 import socket
+import uuid
 from typing import Any
 
 from jupyter_server.base.websocket import WS_PING_INTERVAL
@@ -167,6 +168,8 @@ class SysmonExtension(ExtensionApp):
             message = f"sysmon is disabled by a configuration error: {self._config_error}"
             self.log.error(message)
             raise ConfigError(message)
+        #: Random for this process's life; clients tell samples apart by (server_id, seq).
+        self.server_id = uuid.uuid4().hex
         self.connections: set[StatusWebSocketHandler] = set()
         self._all_closed = asyncio.Event()
         self.broadcaster = SystemStatusBroadcaster(self.history, self.client_buffer)

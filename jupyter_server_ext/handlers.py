@@ -155,6 +155,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             metrics=tuple(ext.metrics),
             subscribed=self._metrics,
             expires_at=self._watcher.expires_at,
+            server_id=ext.server_id,
         )
         self._send(encode(hello))
         if self._history is not None:

@@ -161,6 +161,7 @@ class Sampler:
             interval=self.interval,
             groups=groups,
             errors=errors,
+            skipped_ticks=self.skipped_ticks,
         )
 
     def start(self) -> None:

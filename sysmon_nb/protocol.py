@@ -56,7 +56,7 @@ ERR_UNKNOWN_METRIC = "unknown_metric"
 JSON = Any
 Group = dict[str, JSON]
 
-_STATUS_HEADER = ("type", "seq", "time", "host", "interval", "errors")
+_STATUS_HEADER = ("type", "seq", "time", "host", "interval", "errors", "stale", "skipped_ticks")
 
 
 class ProtocolError(ValueError):
@@ -117,7 +117,10 @@ class Status:
     """One sample of the machine: a group object per metric group that was sampled.
 
     ``groups`` maps group name to its fields; ``errors`` maps a group name to the reason
-    it failed this tick (a failed group is absent from ``groups``).
+    it failed this tick. A group whose collector missed this tick's deadline is in
+    ``stale`` with the seconds since its last good reading, and carries that reading in
+    ``groups`` (or is absent if it never had one). ``skipped_ticks`` counts the ticks
+    the sampler skipped since it started.
     """
 
     TYPE: ClassVar[str] = "status"
@@ -128,9 +131,11 @@ class Status:
     interval: float
     groups: Mapping[str, Group] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
+    stale: Mapping[str, float] = field(default_factory=dict)
+    skipped_ticks: int = 0
 
     def subset(self, metrics: Iterable[str]) -> Status:
-        """The same sample restricted to ``metrics`` (groups and errors alike)."""
+        """The same sample restricted to ``metrics`` (groups, errors and staleness)."""
         wanted = set(metrics)
         return Status(
             seq=self.seq,
@@ -139,6 +144,8 @@ class Status:
             interval=self.interval,
             groups={k: v for k, v in self.groups.items() if k in wanted},
             errors={k: v for k, v in self.errors.items() if k in wanted},
+            stale={k: v for k, v in self.stale.items() if k in wanted},
+            skipped_ticks=self.skipped_ticks,
         )
 
     def to_json(self) -> dict[str, JSON]:
@@ -151,6 +158,8 @@ class Status:
         }
         obj.update(self.groups)
         obj["errors"] = dict(self.errors)
+        obj["stale"] = dict(self.stale)
+        obj["skipped_ticks"] = self.skipped_ticks
         return obj
 
     @classmethod
@@ -164,6 +173,14 @@ class Status:
             isinstance(k, str) and isinstance(v, str) for k, v in errors.items()
         ):
             raise ProtocolError(ERR_BAD_FIELD, "errors must map group names to strings")
+        stale = obj.get("stale", {})
+        if not isinstance(stale, dict) or not all(
+            isinstance(k, str) and _is_number(v) for k, v in stale.items()
+        ):
+            raise ProtocolError(ERR_BAD_FIELD, "stale must map group names to seconds")
+        skipped = obj.get("skipped_ticks", 0)
+        if not isinstance(skipped, int) or isinstance(skipped, bool) or skipped < 0:
+            raise ProtocolError(ERR_BAD_FIELD, "'skipped_ticks' must be a non-negative int")
         groups: dict[str, Group] = {}
         for key, value in obj.items():
             if key in _STATUS_HEADER:
@@ -171,7 +188,16 @@ class Status:
             if not isinstance(value, dict):
                 raise ProtocolError(ERR_BAD_FIELD, f"group {key!r} must be an object")
             groups[key] = value
-        return cls(seq=seq, time=time, host=host, interval=interval, groups=groups, errors=errors)
+        return cls(
+            seq=seq,
+            time=time,
+            host=host,
+            interval=interval,
+            groups=groups,
+            errors=errors,
+            stale={k: float(v) for k, v in stale.items()},
+            skipped_ticks=skipped,
+        )
 
 
 @dataclass(frozen=True)
@@ -186,6 +212,9 @@ class Hello:
     metrics: tuple[str, ...]
     subscribed: tuple[str, ...]
     expires_at: float | None = None
+    #: Random for each server process's life: samples are told apart by
+    #: (server_id, seq), never by time (a clock may step back).
+    server_id: str | None = None
     protocol: int = PROTOCOL_VERSION
 
     def to_json(self) -> dict[str, JSON]:
@@ -198,6 +227,7 @@ class Hello:
             "metrics": list(self.metrics),
             "subscribed": list(self.subscribed),
             "expires_at": self.expires_at,
+            "server_id": self.server_id,
         }
 
     @classmethod
@@ -205,6 +235,9 @@ class Hello:
         expires_at = obj.get("expires_at")
         if expires_at is not None:
             expires_at = _number(obj, "expires_at")
+        server_id = obj.get("server_id")
+        if server_id is not None and not isinstance(server_id, str):
+            raise ProtocolError(ERR_BAD_FIELD, "'server_id' must be a string")
         return cls(
             protocol=_field(obj, "protocol", int),
             server=_field(obj, "server", str),
@@ -213,6 +246,7 @@ class Hello:
             metrics=_names(obj, "metrics"),
             subscribed=_names(obj, "subscribed"),
             expires_at=expires_at,
+            server_id=server_id,
         )
 
 
@@ -345,9 +379,13 @@ def _field(obj: Mapping[str, JSON], name: str, kind: type) -> Any:
     return value
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _number(obj: Mapping[str, JSON], name: str) -> float:
-    value = obj.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    value: Any = obj.get(name)
+    if not _is_number(value):
         raise ProtocolError(ERR_BAD_FIELD, f"{name!r} must be a number")
     return float(value)
 

@@ -35,7 +35,9 @@ SAMPLE = Status(
         "memory": {"total_bytes": 1024, "available_bytes": 512},
         "network": {"recv_bytes_per_s": None},
     },
-    errors={"gpu": "NVML error on GPU: GPU is lost"},
+    errors={"gpu": "NVML error on GPU: GPU is lost", "disk": "statvfs('/home') hung"},
+    stale={"disk": 12.5},
+    skipped_ticks=3,
 )
 
 
@@ -50,6 +52,7 @@ SAMPLE = Status(
             metrics=("cpu",),
             subscribed=("cpu",),
             expires_at=1_800_000_000.0,
+            server_id="5f0c0e9b7a1d4c2e",
         ),
         SAMPLE,
         History(samples=(SAMPLE, SAMPLE.subset(["cpu"]))),
@@ -69,14 +72,56 @@ def test_status_frame_is_flat_with_groups_beside_the_header() -> None:
     assert obj["type"] == "status"
     assert obj["cpu"]["per_cpu"] == [10.0, 15.0]
     assert obj["network"]["recv_bytes_per_s"] is None
-    assert obj["errors"] == {"gpu": "NVML error on GPU: GPU is lost"}
+    assert obj["errors"]["gpu"] == "NVML error on GPU: GPU is lost"
+    assert obj["stale"] == {"disk": 12.5}
+    assert obj["skipped_ticks"] == 3
 
 
 def test_subset_keeps_only_the_named_groups_and_their_errors() -> None:
     sub = SAMPLE.subset(["memory", "gpu"])
     assert set(sub.groups) == {"memory"}
     assert sub.errors == {"gpu": "NVML error on GPU: GPU is lost"}
+    assert sub.stale == {}
     assert (sub.seq, sub.time, sub.host) == (SAMPLE.seq, SAMPLE.time, SAMPLE.host)
+    assert SAMPLE.subset(["disk"]).stale == {"disk": 12.5}
+    assert sub.skipped_ticks == 3
+
+
+def test_frames_without_turn_2_fields_still_decode() -> None:
+    """A server from before ``stale``/``skipped_ticks``/``server_id`` is still read."""
+    obj = json.loads(encode(SAMPLE))
+    del obj["stale"], obj["skipped_ticks"]
+    old = decode(json.dumps(obj))
+    assert isinstance(old, Status)
+    assert (old.stale, old.skipped_ticks, set(old.groups)) == ({}, 0, set(SAMPLE.groups))
+    hello = Hello(server="0", host="h", interval=1.0, metrics=("cpu",), subscribed=("cpu",))
+    obj = json.loads(encode(hello))
+    del obj["server_id"]
+    assert decode(json.dumps(obj)) == hello
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"stale": {"disk": "long"}},
+        {"stale": {"disk": float("inf")}},
+        {"stale": ["disk"]},
+        {"skipped_ticks": -1},
+        {"skipped_ticks": True},
+        {"skipped_ticks": 1.5},
+    ],
+)
+def test_bad_staleness_fields_are_refused(change: dict[str, object]) -> None:
+    obj = {**json.loads(encode(SAMPLE)), **change}
+    with pytest.raises(ProtocolError):
+        decode(json.dumps(obj, allow_nan=True))
+
+
+def test_bad_server_id_is_refused() -> None:
+    hello = Hello(server="0", host="h", interval=1.0, metrics=("cpu",), subscribed=("cpu",))
+    obj = {**json.loads(encode(hello)), "server_id": 7}
+    with pytest.raises(ProtocolError):
+        decode(json.dumps(obj))
 
 
 def test_dumps_refuses_nan() -> None:
