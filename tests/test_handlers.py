@@ -23,7 +23,7 @@ from sysmon_nb.protocol import GROUPS, PROTOCOL_VERSION, Status, decode
 
 from .conftest import TEST_INTERVAL, eventually, recv_json, recv_type
 
-HEADER_KEYS = {"type", "seq", "time", "host", "interval", "errors"}
+HEADER_KEYS = {"type", "seq", "time", "host", "interval", "errors", "stale", "skipped_ticks"}
 
 
 async def assert_still_serving(connect: Any) -> None:
