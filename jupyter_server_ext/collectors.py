@@ -20,6 +20,7 @@ import psutil
 
 from . import procfs
 from .errors import CollectorError
+from .pressure import HOST_PRESSURE, HostPressure
 from .sampler import Rates, sum_known
 
 
@@ -55,20 +56,27 @@ class CpuCollector:
     """``cpu``: total and per-core busy percent over the last interval, core count, load.
 
     Percentages come from our own ``cpu_times`` deltas, so the first tick is ``null``
-    rather than psutil's meaningless first reading.
+    rather than psutil's meaningless first reading. ``pressure`` is the host's CPU PSI
+    (``some avg10`` %, see :mod:`.pressure`), ``null`` where the kernel has none.
     """
 
     name = "cpu"
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self, ps: ModuleType | Any = psutil, pressure_root: str | os.PathLike[str] = HOST_PRESSURE
+    ) -> None:
         self._ps = ps
+        self._pressure = HostPressure("cpu", pressure_root)
         self._last: list[Any] | None = None
         self._procfs = _uses_procfs(ps)
         self._last_ticks: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
-        if self._procfs:
-            return self._collect_procfs()
+        out = self._collect_procfs() if self._procfs else self._collect_psutil()
+        out["pressure"] = self._pressure.read()
+        return out
+
+    def _collect_psutil(self) -> dict[str, Any]:
         times = list(self._ps.cpu_times(percpu=True))
         prev, self._last = self._last, times
         per_cpu: list[float | None] | None = None
@@ -107,13 +115,17 @@ class CpuCollector:
 
 class MemoryCollector:
     """``memory``: RAM and swap. ``used_bytes`` is total minus available, so that
-    ``percent`` is ``used_bytes / total_bytes``."""
+    ``percent`` is ``used_bytes / total_bytes``. ``pressure`` is the host's memory PSI
+    (``some avg10`` %), ``null`` where the kernel has none."""
 
     name = "memory"
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self, ps: ModuleType | Any = psutil, pressure_root: str | os.PathLike[str] = HOST_PRESSURE
+    ) -> None:
         self._ps = ps
         self._procfs = _uses_procfs(ps)
+        self._pressure = HostPressure("memory", pressure_root)
 
     def collect(self, now: float) -> dict[str, Any]:
         if self._procfs:
@@ -136,6 +148,7 @@ class MemoryCollector:
             "swap_total_bytes": swap_total,
             "swap_used_bytes": swap_used,
             "swap_percent": swap_percent,
+            "pressure": self._pressure.read(),
         }
 
 
