@@ -35,6 +35,7 @@ from .collectors import (
 from .errors import ConfigError
 from .gpu import GpuCollector
 from .handlers import StatusAPIHandler, StatusWebSocketHandler
+from .kernels import KernelDeaths, unix_time
 from .sampler import Collector, Sampler
 
 #: How long the sampler waits for the server's managers to answer (s).
@@ -180,6 +181,7 @@ class SysmonExtension(ExtensionApp):
             self.allow_owner,
             self._hub_owner(),
         )
+        self.kernel_deaths = KernelDeaths()
         self.sampler = Sampler(self.make_collectors(), self.interval, self._on_sample, self.host)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keepalive: PeriodicCallback | None = None
@@ -282,15 +284,33 @@ class SysmonExtension(ExtensionApp):
         serverapp = self.serverapp
         assert serverapp is not None
         km = serverapp.kernel_manager
+        sessions = await serverapp.session_manager.list_sessions()
+        paths = {
+            s["kernel"]["id"]: s.get("path") or None
+            for s in sessions
+            if isinstance(s.get("kernel"), dict)
+        }
         kernels = []
-        for kernel_id in km.list_kernel_ids():
+        kernel_ids = km.list_kernel_ids()
+        for kernel_id in kernel_ids:
             kernel = km.get_kernel(kernel_id)
             pid = getattr(getattr(kernel, "provisioner", None), "pid", None)
+            model = km.kernel_model(kernel_id)
+            path = paths.get(kernel_id)
             kernels.append(
-                KernelRef(id=kernel_id, name=kernel.kernel_name, pid=pid if pid else None)
+                KernelRef(
+                    id=kernel_id,
+                    name=kernel.kernel_name,
+                    pid=pid if pid else None,
+                    path=path,
+                    execution_state=model.get("execution_state"),
+                    last_activity=unix_time(model.get("last_activity")),
+                    connections=model.get("connections"),
+                )
             )
+            self.kernel_deaths.watch(kernel_id, kernel, path)
+        self.kernel_deaths.forget_except(kernel_ids)
         terminals = serverapp.web_app.settings.get("terminal_manager")
-        sessions = await serverapp.session_manager.list_sessions()
         return JupyterCounts(
             kernels=tuple(kernels),
             terminals=len(terminals.terminals) if terminals is not None else 0,

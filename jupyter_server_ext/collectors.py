@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from . import procfs
+from . import kernels, procfs
 from .errors import CollectorError
 from .pressure import HOST_PRESSURE, HostPressure
 from .sampler import Rates, sum_known
@@ -427,9 +427,15 @@ class ProcessesCollector:
 
 @dataclass(frozen=True)
 class KernelRef:
+    """One kernel as the server's managers describe it (see ``app.py``)."""
+
     id: str
     name: str
     pid: int | None
+    path: str | None = None  # the notebook or session path, from the session manager
+    execution_state: str | None = None
+    last_activity: float | None = None  # unix s
+    connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -442,33 +448,57 @@ class JupyterCounts:
 
 
 class JupyterCollector:
-    """``jupyter``: kernel, terminal and session counts, and each local kernel's CPU
-    and memory. ``source`` returns a :class:`JupyterCounts` (see ``app.py``, which
-    reads the managers on the event loop)."""
+    """``jupyter``: kernel, terminal and session counts, and for each local kernel its
+    notebook path, state, and the CPU and memory of its whole process tree (the kernel
+    and every descendant; RSS is summed, so pages shared between them count twice).
+    ``source`` returns a :class:`JupyterCounts` (see ``app.py``, which reads the
+    managers on the event loop). ``trees`` lists a pid's tree (:mod:`.kernels`)."""
 
     name = "jupyter"
 
-    def __init__(self, source: Callable[[], JupyterCounts], ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self,
+        source: Callable[[], JupyterCounts],
+        ps: ModuleType | Any = psutil,
+        trees: Callable[[int], list[int]] | None = None,
+    ) -> None:
         self._source = source
+        self._ps = ps
         self._table = ProcessTable(ps)
+        self._trees = trees if trees is not None else self._default_tree
+
+    def _default_tree(self, pid: int) -> list[int]:
+        children = kernels.proc_children if _uses_procfs(self._ps) else None
+        return kernels.process_tree(pid, children, self._ps)
 
     def collect(self, now: float) -> dict[str, Any]:
         try:
             counts = self._source()
         except TimeoutError:
             raise CollectorError("the server did not answer in time") from None
-        pids = {k.pid for k in counts.kernels if k.pid is not None}
-        by_pid = {p.pid: p for p in self._table.read(pids)}
+        trees = {k.pid: self._trees(k.pid) for k in counts.kernels if k.pid is not None}
+        by_pid = {p.pid: p for p in self._table.read({p for t in trees.values() for p in t})}
         usage = []
         for kernel in counts.kernels:
-            info = by_pid.get(kernel.pid) if kernel.pid is not None else None
+            cpu: float | None = None
+            rss: int | None = None
+            own = by_pid.get(kernel.pid) if kernel.pid is not None else None
+            if own is not None:
+                members = [by_pid[p] for p in trees[own.pid] if p in by_pid]
+                rss = sum(p.rss_bytes for p in members)
+                if own.cpu_percent is not None:  # a child's first reading counts as 0
+                    cpu = round(sum(p.cpu_percent or 0.0 for p in members), 1)
             usage.append(
                 {
                     "id": kernel.id,
                     "name": kernel.name,
                     "pid": kernel.pid,
-                    "cpu_percent": info.cpu_percent if info else None,
-                    "rss_bytes": info.rss_bytes if info else None,
+                    "path": kernel.path,
+                    "execution_state": kernel.execution_state,
+                    "last_activity": kernel.last_activity,
+                    "connections": kernel.connections,
+                    "cpu_percent": cpu,
+                    "rss_bytes": rss,
                 }
             )
         return {
