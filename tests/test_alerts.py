@@ -106,10 +106,12 @@ def test_alert_starts_and_ends_once_each(caplog: pytest.LogCaptureFixture) -> No
     assert [(e["kind"], e["name"], e["time"]) for e in second["events"]] == [
         ("alert_started", "memory", 101.0)
     ]
+    hotter = {"container": container(used=int(1.95 * GiB)), "memory": memory}
     for tick in range(3):  # still hot; unknown values keep the verdict
-        groups = hot if tick != 1 else {"memory": {"percent": None}}
+        groups = hotter if tick != 1 else {"memory": {"percent": None}}
         held = alerts.update(groups, [], 2.0 + tick, 102.0 + tick)
         assert held["events"] == [] and held["active"][0]["since"] == 101.0
+        assert held["active"][0]["value"] == 97.5  # the latest known value
     ended = alerts.update({"container": container(used=GiB), "memory": memory}, [], 9.0, 109.0)
     assert ended["active"] == []
     assert [e["kind"] for e in ended["events"]] == ["alert_ended"]
