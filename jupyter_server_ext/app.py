@@ -232,6 +232,7 @@ class SysmonExtension(ExtensionApp):
     def make_collectors(self) -> list[Collector]:
         """One collector per enabled metric group, in protocol order. ``alerts`` has
         none: it is computed from each whole sample (:meth:`_on_sample`)."""
+        jupyter = JupyterCollector(self._jupyter_counts)
         factories: dict[str, Any] = {
             "cpu": CpuCollector,
             "memory": MemoryCollector,
@@ -239,8 +240,8 @@ class SysmonExtension(ExtensionApp):
             "network": NetworkCollector,
             "processes": lambda: ProcessesCollector(top_n=self.top_processes),
             "container": ContainerCollector,
-            "gpu": GpuCollector,
-            "jupyter": lambda: JupyterCollector(self._jupyter_counts),
+            "gpu": lambda: GpuCollector(kernel_pids=lambda: jupyter.kernel_pids),
+            "jupyter": lambda: jupyter,
         }
         return [factories[group]() for group in self.metrics if group != "alerts"]
 

@@ -466,6 +466,9 @@ class JupyterCollector:
         self._ps = ps
         self._table = ProcessTable(ps)
         self._trees = trees if trees is not None else self._default_tree
+        #: pid -> kernel id for every process in a kernel's tree, as of the last tick
+        #: (the GPU collector names the kernel behind a GPU process with it).
+        self.kernel_pids: dict[int, str] = {}
 
     def _default_tree(self, pid: int) -> list[int]:
         children = kernels.proc_children if _uses_procfs(self._ps) else None
@@ -477,6 +480,9 @@ class JupyterCollector:
         except TimeoutError:
             raise CollectorError("the server did not answer in time") from None
         trees = {k.pid: self._trees(k.pid) for k in counts.kernels if k.pid is not None}
+        self.kernel_pids = {
+            pid: k.id for k in counts.kernels if k.pid is not None for pid in trees[k.pid]
+        }
         by_pid = {p.pid: p for p in self._table.read({p for t in trees.values() for p in t})}
         usage = []
         for kernel in counts.kernels:

@@ -428,6 +428,7 @@ def test_jupyter_kernel_usage_covers_the_process_tree() -> None:
     second = collector.collect(1.0)["kernel_usage"][0]
     assert second["rss_bytes"] == 1110
     assert second["cpu_percent"] == 60.0  # the grandchild's first reading counts as 0
+    assert collector.kernel_pids == {42: "k1", 43: "k1", 44: "k1"}  # for the gpu group
 
 
 def test_jupyter_server_not_answering_is_a_collector_error() -> None:
