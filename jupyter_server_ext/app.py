@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
 from jupyter_server.base.websocket import WS_PING_INTERVAL
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop, PeriodicCallback
-from traitlets import Bool, Float, Int, List, Set, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, List, Set, TraitError, Unicode, default, validate
 
 from sysmon_nb._version import __version__
 from sysmon_nb.protocol import GROUPS, ProtocolError, Status, parse_metrics
 
+from .alerts import DEFAULT_RULES, MATCH_WINDOW_S, AlertEngine, parse_rules
 from .auth import AdminPolicy
 from .broadcaster import SystemStatusBroadcaster
 from .cgroup import ContainerCollector
@@ -35,6 +38,7 @@ from .collectors import (
 from .errors import ConfigError
 from .gpu import GpuCollector
 from .handlers import StatusAPIHandler, StatusWebSocketHandler
+from .kernels import KernelDeaths, unix_time
 from .sampler import Collector, Sampler
 
 #: How long the sampler waits for the server's managers to answer (s).
@@ -115,6 +119,20 @@ class SysmonExtension(ExtensionApp):
         "queued frame is dropped (the newest data wins).",
     ).tag(config=True)
 
+    alert_rules = List(
+        Dict(),
+        default_value=DEFAULT_RULES,
+        help="Alerts evaluated on the server every tick (so they fire with no notebook "
+        "open), shown in the 'alerts' group and logged when they start and end. Each "
+        "rule is a dict: name (unique), group and field (a sample's field, e.g. "
+        "container / cpu_throttled_percent; also container / memory_percent: memory "
+        "used against the container's limit, or the host's memory without one; and "
+        "disk / home_percent: the fullest home volume), op ('>=', '>', '<=', '<', or "
+        "'rises': the field grew by more than threshold since the last sample), and "
+        "threshold (a number). Defaults: memory >= 90 %, home volume >= 90 % full, "
+        "CPU throttled >= 25 %, any OOM kill.",
+    ).tag(config=True)
+
     @default("allow_owner")
     def _default_allow_owner(self) -> bool:
         return not self._under_jupyterhub()
@@ -139,6 +157,11 @@ class SysmonExtension(ExtensionApp):
             name = proposal["trait"].name
             raise ConfigError(f"SysmonExtension.{name} must be >= 1, got {proposal['value']}")
         return proposal["value"]
+
+    @validate("alert_rules")
+    def _validate_alert_rules(self, proposal: Any) -> list[dict[str, Any]]:
+        parse_rules(proposal["value"])  # raises ConfigError with the rule at fault
+        return list(proposal["value"])
 
     @validate("metrics")
     def _validate_metrics(self, proposal: Any) -> list[str]:
@@ -180,6 +203,13 @@ class SysmonExtension(ExtensionApp):
             self.allow_owner,
             self._hub_owner(),
         )
+        self.kernel_deaths = KernelDeaths()
+        self.alerts = AlertEngine(
+            parse_rules(self.alert_rules),
+            self.log,
+            # a death and its OOM kill are read up to a tick (and a restarter poll) apart
+            match_window_s=max(MATCH_WINDOW_S, 2 * self.interval + 3),
+        )
         self.sampler = Sampler(self.make_collectors(), self.interval, self._on_sample, self.host)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keepalive: PeriodicCallback | None = None
@@ -200,7 +230,9 @@ class SysmonExtension(ExtensionApp):
         )
 
     def make_collectors(self) -> list[Collector]:
-        """One collector per enabled metric group, in protocol order."""
+        """One collector per enabled metric group, in protocol order. ``alerts`` has
+        none: it is computed from each whole sample (:meth:`_on_sample`)."""
+        jupyter = JupyterCollector(self._jupyter_counts)
         factories: dict[str, Any] = {
             "cpu": CpuCollector,
             "memory": MemoryCollector,
@@ -208,10 +240,10 @@ class SysmonExtension(ExtensionApp):
             "network": NetworkCollector,
             "processes": lambda: ProcessesCollector(top_n=self.top_processes),
             "container": ContainerCollector,
-            "gpu": GpuCollector,
-            "jupyter": lambda: JupyterCollector(self._jupyter_counts),
+            "gpu": lambda: GpuCollector(kernel_pids=lambda: jupyter.kernel_pids),
+            "jupyter": lambda: jupyter,
         }
-        return [factories[group]() for group in self.metrics]
+        return [factories[group]() for group in self.metrics if group != "alerts"]
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Start sampling once the server's event loop runs."""
@@ -261,6 +293,10 @@ class SysmonExtension(ExtensionApp):
     # -- bridges between the sampler's thread and the server's loop -------------------
 
     def _on_sample(self, status: Status) -> None:
+        deaths = self.kernel_deaths.drain()
+        if "alerts" in self.metrics:
+            alerts = self.alerts.update(status.groups, deaths, time.monotonic(), status.time)
+            status = dataclasses.replace(status, groups={**status.groups, "alerts": alerts})
         loop = self._loop
         if loop is None:
             return
@@ -282,15 +318,33 @@ class SysmonExtension(ExtensionApp):
         serverapp = self.serverapp
         assert serverapp is not None
         km = serverapp.kernel_manager
+        sessions = await serverapp.session_manager.list_sessions()
+        paths = {
+            s["kernel"]["id"]: s.get("path") or None
+            for s in sessions
+            if isinstance(s.get("kernel"), dict)
+        }
         kernels = []
-        for kernel_id in km.list_kernel_ids():
+        kernel_ids = km.list_kernel_ids()
+        for kernel_id in kernel_ids:
             kernel = km.get_kernel(kernel_id)
             pid = getattr(getattr(kernel, "provisioner", None), "pid", None)
+            model = km.kernel_model(kernel_id)
+            path = paths.get(kernel_id)
             kernels.append(
-                KernelRef(id=kernel_id, name=kernel.kernel_name, pid=pid if pid else None)
+                KernelRef(
+                    id=kernel_id,
+                    name=kernel.kernel_name,
+                    pid=pid if pid else None,
+                    path=path,
+                    execution_state=model.get("execution_state"),
+                    last_activity=unix_time(model.get("last_activity")),
+                    connections=model.get("connections"),
+                )
             )
+            self.kernel_deaths.watch(kernel_id, kernel, path)
+        self.kernel_deaths.forget_except(kernel_ids)
         terminals = serverapp.web_app.settings.get("terminal_manager")
-        sessions = await serverapp.session_manager.list_sessions()
         return JupyterCounts(
             kernels=tuple(kernels),
             terminals=len(terminals.terminals) if terminals is not None else 0,

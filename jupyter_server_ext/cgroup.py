@@ -7,14 +7,24 @@ set on an ancestor cgroup applies too, so the tightest one along the path wins.
 
 ``memory_used_bytes`` leaves out inactive file cache, as ``docker stats`` and the
 kubelet do: that is the memory the kernel would not reclaim before an OOM kill.
+
+Counters read each tick: the CPU time the cgroup used (v2 ``cpu.stat`` ``usage_usec``,
+v1 ``cpuacct.usage``) becomes ``cpu_usage_cores`` over the monotonic interval; the CFS
+period counters (``cpu.stat`` ``nr_periods``/``nr_throttled``, v1 and v2) become
+``cpu_throttled_percent``; ``oom_kills`` is the kernel's own count of OOM kills in the
+cgroup since it was created (v2 ``memory.events``, v1 ``memory.oom_control``, kernel
+4.13+). The ``*_pressure`` fields are the cgroup's PSI on v2 (see :mod:`.pressure`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import CollectorError
+from .pressure import read_some_avg10
 
 #: v1 reports "no limit" as a huge page-rounded number; anything above this is unlimited.
 _V1_UNLIMITED = 1 << 62
@@ -32,19 +42,33 @@ class ContainerCollector:
         self._proc_cgroup = Path(proc_cgroup)
         self._own_dirs: dict[Path, Path] = {}
         self._version: int | bool | None = False  # False: not looked yet
+        self._last_counters: tuple[float, CpuCounters] | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
         if self._version is False:
             self._version = self._detect()
         if self._version == 2:
-            return self._v2()
+            return self._v2(now)
         if self._version == 1:
-            return self._v1()
+            return self._v1(now)
         return {
             "cgroup": None,
             "memory_limit_bytes": None,
             "memory_used_bytes": None,
             "cpu_limit_cores": None,
+            **self._rates(now, CpuCounters(None, None, None)),
+            "oom_kills": None,
+            **_no_pressure(),
+        }
+
+    def _rates(self, now: float, counters: CpuCounters) -> dict[str, float | None]:
+        """``cpu_usage_cores`` and ``cpu_throttled_percent`` since the previous tick."""
+        prev, self._last_counters = self._last_counters, (now, counters)
+        if prev is None:
+            return {"cpu_usage_cores": None, "cpu_throttled_percent": None}
+        return {
+            "cpu_usage_cores": usage_cores(prev[1], counters, now - prev[0]),
+            "cpu_throttled_percent": throttled_percent(prev[1], counters),
         }
 
     def _detect(self) -> int | None:
@@ -56,7 +80,7 @@ class ContainerCollector:
 
     # -- cgroup v2 -------------------------------------------------------------------
 
-    def _v2(self) -> dict[str, Any]:
+    def _v2(self, now: float) -> dict[str, Any]:
         own = self._own_dir(self._root, lambda controllers: controllers == "")
         memory_limit: int | None = None
         cpu_limit: float | None = None
@@ -76,18 +100,31 @@ class ContainerCollector:
                 raise CollectorError(f"cannot read {own / 'memory.current'}")
             inactive = _stats(own / "memory.stat").get("inactive_file", 0)
             used = max(0, int(current) - inactive)
+        cpu_stat = _stats(own / "cpu.stat")
+        usage_usec = cpu_stat.get("usage_usec")
+        counters = CpuCounters(
+            usage_ns=None if usage_usec is None else usage_usec * 1000,
+            periods=cpu_stat.get("nr_periods"),
+            throttled=cpu_stat.get("nr_throttled"),
+        )
         return {
             "cgroup": 2,
             "memory_limit_bytes": memory_limit,
             "memory_used_bytes": used,
             "cpu_limit_cores": None if cpu_limit is None else round(cpu_limit, 3),
+            **self._rates(now, counters),
+            "oom_kills": _stats(own / "memory.events").get("oom_kill"),
+            "memory_pressure": read_some_avg10(own / "memory.pressure"),
+            "cpu_pressure": read_some_avg10(own / "cpu.pressure"),
+            "io_pressure": read_some_avg10(own / "io.pressure"),
         }
 
     # -- cgroup v1 -------------------------------------------------------------------
 
-    def _v1(self) -> dict[str, Any]:
+    def _v1(self, now: float) -> dict[str, Any]:
         memory_limit: int | None = None
         used: int | None = None
+        oom_kills: int | None = None
         mem_root = self._root / "memory"
         if mem_root.is_dir():
             mem = self._own_dir(mem_root, lambda controllers: "memory" in controllers.split(","))
@@ -102,7 +139,9 @@ class ContainerCollector:
             if usage is None:
                 raise CollectorError(f"cannot read {mem / 'memory.usage_in_bytes'}")
             used = max(0, int(usage) - stats.get("total_inactive_file", 0))
+            oom_kills = _stats(mem / "memory.oom_control").get("oom_kill")
         cpu_limit: float | None = None
+        cpu_stat: dict[str, int] = {}
         cpu_root = self._root / "cpu"
         if cpu_root.is_dir():
             cpu = self._own_dir(cpu_root, lambda controllers: "cpu" in controllers.split(","))
@@ -111,14 +150,25 @@ class ContainerCollector:
                 period = _read(directory / "cpu.cfs_period_us")
                 if quota is not None and period is not None and int(quota) > 0:
                     cpu_limit = _min(cpu_limit, int(quota) / int(period))
+            cpu_stat = _stats(cpu / "cpu.stat")
+        usage_ns: int | None = None
+        acct_root = self._root / "cpuacct"
+        if acct_root.is_dir():
+            acct = self._own_dir(acct_root, lambda controllers: "cpuacct" in controllers.split(","))
+            text = _read(acct / "cpuacct.usage")
+            usage_ns = int(text) if text is not None and text.isdigit() else None
+        counters = CpuCounters(usage_ns, cpu_stat.get("nr_periods"), cpu_stat.get("nr_throttled"))
         return {
             "cgroup": 1,
             "memory_limit_bytes": memory_limit,
             "memory_used_bytes": used,
             "cpu_limit_cores": None if cpu_limit is None else round(cpu_limit, 3),
+            **self._rates(now, counters),
+            "oom_kills": oom_kills,
+            **_no_pressure(),  # v1 has no per-cgroup PSI files
         }
 
-    def _own_dir(self, mount: Path, matches: Any) -> Path:
+    def _own_dir(self, mount: Path, matches: Callable[[str], bool]) -> Path:
         """This process's cgroup directory under ``mount``; ``mount`` itself when the
         path is not visible (a cgroup namespace makes our cgroup the root). Found once:
         a server process does not move between cgroups."""
@@ -127,16 +177,65 @@ class ContainerCollector:
             found = self._own_dirs[mount] = self._find_own_dir(mount, matches)
         return found
 
-    def _find_own_dir(self, mount: Path, matches: Any) -> Path:
+    def _find_own_dir(self, mount: Path, matches: Callable[[str], bool]) -> Path:
+        """The path ``/proc/self/cgroup`` names, under ``mount``. Where the mount shows
+        only part of the tree (a container's bind-mounted subtree), the longest tail of
+        that path that exists under ``mount`` is ours."""
         text = _read(self._proc_cgroup)
         for line in (text or "").splitlines():
             _, controllers, path = [*line.split(":", 2), "", ""][:3]
             if matches(controllers):
-                candidate = mount / path.lstrip("/")
-                if candidate.is_dir():
-                    return candidate
+                parts = [p for p in path.split("/") if p and p != ".."]
+                for start in range(len(parts)):
+                    candidate = mount.joinpath(*parts[start:])
+                    if candidate.is_dir():
+                        return candidate
                 break
         return mount
+
+
+@dataclass(frozen=True)
+class CpuCounters:
+    """One reading of a cgroup's CPU counters; ``None`` where the files lack one."""
+
+    usage_ns: int | None
+    periods: int | None
+    throttled: int | None
+
+
+def usage_cores(before: CpuCounters, after: CpuCounters, elapsed_s: float) -> float | None:
+    """Cores busy on average between two readings ``elapsed_s`` apart; ``None`` when
+    unknown (a counter missing or reset, no time elapsed)."""
+    if before.usage_ns is None or after.usage_ns is None or elapsed_s <= 0:
+        return None
+    used_ns = after.usage_ns - before.usage_ns
+    if used_ns < 0:
+        return None
+    return round(used_ns / 1e9 / elapsed_s, 3)
+
+
+def throttled_percent(before: CpuCounters, after: CpuCounters) -> float | None:
+    """Percent of the CFS periods between two readings in which the cgroup was
+    throttled. 0 when no period elapsed (no quota, or an idle cgroup: nothing was
+    throttled); ``None`` when the counters are missing or went backwards."""
+    if (
+        before.periods is None
+        or before.throttled is None
+        or after.periods is None
+        or after.throttled is None
+    ):
+        return None
+    periods = after.periods - before.periods
+    throttled = after.throttled - before.throttled
+    if periods < 0 or throttled < 0:
+        return None
+    if periods == 0:
+        return 0.0
+    return round(min(100.0, 100.0 * throttled / periods), 1)
+
+
+def _no_pressure() -> dict[str, None]:
+    return {"memory_pressure": None, "cpu_pressure": None, "io_pressure": None}
 
 
 def _self_and_ancestors(directory: Path, stop: Path) -> list[Path]:

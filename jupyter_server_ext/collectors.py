@@ -18,8 +18,9 @@ from typing import Any
 
 import psutil
 
-from . import procfs
+from . import kernels, procfs
 from .errors import CollectorError
+from .pressure import HOST_PRESSURE, HostPressure
 from .sampler import Rates, sum_known
 
 
@@ -55,20 +56,27 @@ class CpuCollector:
     """``cpu``: total and per-core busy percent over the last interval, core count, load.
 
     Percentages come from our own ``cpu_times`` deltas, so the first tick is ``null``
-    rather than psutil's meaningless first reading.
+    rather than psutil's meaningless first reading. ``pressure`` is the host's CPU PSI
+    (``some avg10`` %, see :mod:`.pressure`), ``null`` where the kernel has none.
     """
 
     name = "cpu"
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self, ps: ModuleType | Any = psutil, pressure_root: str | os.PathLike[str] = HOST_PRESSURE
+    ) -> None:
         self._ps = ps
+        self._pressure = HostPressure("cpu", pressure_root)
         self._last: list[Any] | None = None
         self._procfs = _uses_procfs(ps)
         self._last_ticks: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
-        if self._procfs:
-            return self._collect_procfs()
+        out = self._collect_procfs() if self._procfs else self._collect_psutil()
+        out["pressure"] = self._pressure.read()
+        return out
+
+    def _collect_psutil(self) -> dict[str, Any]:
         times = list(self._ps.cpu_times(percpu=True))
         prev, self._last = self._last, times
         per_cpu: list[float | None] | None = None
@@ -107,13 +115,17 @@ class CpuCollector:
 
 class MemoryCollector:
     """``memory``: RAM and swap. ``used_bytes`` is total minus available, so that
-    ``percent`` is ``used_bytes / total_bytes``."""
+    ``percent`` is ``used_bytes / total_bytes``. ``pressure`` is the host's memory PSI
+    (``some avg10`` %), ``null`` where the kernel has none."""
 
     name = "memory"
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self, ps: ModuleType | Any = psutil, pressure_root: str | os.PathLike[str] = HOST_PRESSURE
+    ) -> None:
         self._ps = ps
         self._procfs = _uses_procfs(ps)
+        self._pressure = HostPressure("memory", pressure_root)
 
     def collect(self, now: float) -> dict[str, Any]:
         if self._procfs:
@@ -136,6 +148,7 @@ class MemoryCollector:
             "swap_total_bytes": swap_total,
             "swap_used_bytes": swap_used,
             "swap_percent": swap_percent,
+            "pressure": self._pressure.read(),
         }
 
 
@@ -414,9 +427,15 @@ class ProcessesCollector:
 
 @dataclass(frozen=True)
 class KernelRef:
+    """One kernel as the server's managers describe it (see ``app.py``)."""
+
     id: str
     name: str
     pid: int | None
+    path: str | None = None  # the notebook or session path, from the session manager
+    execution_state: str | None = None
+    last_activity: float | None = None  # unix s
+    connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -429,33 +448,63 @@ class JupyterCounts:
 
 
 class JupyterCollector:
-    """``jupyter``: kernel, terminal and session counts, and each local kernel's CPU
-    and memory. ``source`` returns a :class:`JupyterCounts` (see ``app.py``, which
-    reads the managers on the event loop)."""
+    """``jupyter``: kernel, terminal and session counts, and for each local kernel its
+    notebook path, state, and the CPU and memory of its whole process tree (the kernel
+    and every descendant; RSS is summed, so pages shared between them count twice).
+    ``source`` returns a :class:`JupyterCounts` (see ``app.py``, which reads the
+    managers on the event loop). ``trees`` lists a pid's tree (:mod:`.kernels`)."""
 
     name = "jupyter"
 
-    def __init__(self, source: Callable[[], JupyterCounts], ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self,
+        source: Callable[[], JupyterCounts],
+        ps: ModuleType | Any = psutil,
+        trees: Callable[[int], list[int]] | None = None,
+    ) -> None:
         self._source = source
+        self._ps = ps
         self._table = ProcessTable(ps)
+        self._trees = trees if trees is not None else self._default_tree
+        #: pid -> kernel id for every process in a kernel's tree, as of the last tick
+        #: (the GPU collector names the kernel behind a GPU process with it).
+        self.kernel_pids: dict[int, str] = {}
+
+    def _default_tree(self, pid: int) -> list[int]:
+        children = kernels.proc_children if _uses_procfs(self._ps) else None
+        return kernels.process_tree(pid, children, self._ps)
 
     def collect(self, now: float) -> dict[str, Any]:
         try:
             counts = self._source()
         except TimeoutError:
             raise CollectorError("the server did not answer in time") from None
-        pids = {k.pid for k in counts.kernels if k.pid is not None}
-        by_pid = {p.pid: p for p in self._table.read(pids)}
+        trees = {k.pid: self._trees(k.pid) for k in counts.kernels if k.pid is not None}
+        self.kernel_pids = {
+            pid: k.id for k in counts.kernels if k.pid is not None for pid in trees[k.pid]
+        }
+        by_pid = {p.pid: p for p in self._table.read({p for t in trees.values() for p in t})}
         usage = []
         for kernel in counts.kernels:
-            info = by_pid.get(kernel.pid) if kernel.pid is not None else None
+            cpu: float | None = None
+            rss: int | None = None
+            own = by_pid.get(kernel.pid) if kernel.pid is not None else None
+            if own is not None:
+                members = [by_pid[p] for p in trees[own.pid] if p in by_pid]
+                rss = sum(p.rss_bytes for p in members)
+                if own.cpu_percent is not None:  # a child's first reading counts as 0
+                    cpu = round(sum(p.cpu_percent or 0.0 for p in members), 1)
             usage.append(
                 {
                     "id": kernel.id,
                     "name": kernel.name,
                     "pid": kernel.pid,
-                    "cpu_percent": info.cpu_percent if info else None,
-                    "rss_bytes": info.rss_bytes if info else None,
+                    "path": kernel.path,
+                    "execution_state": kernel.execution_state,
+                    "last_activity": kernel.last_activity,
+                    "connections": kernel.connections,
+                    "cpu_percent": cpu,
+                    "rss_bytes": rss,
                 }
             )
         return {

@@ -33,6 +33,7 @@ GROUPS: tuple[str, ...] = (
     "container",
     "gpu",
     "jupyter",
+    "alerts",
 )
 
 #: Client messages larger than this close the connection with 1009.

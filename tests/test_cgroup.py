@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,12 @@ def test_v2_limits_of_own_cgroup(tmp_path: Path) -> None:
         "memory_limit_bytes": 2 * GiB,
         "memory_used_bytes": GiB - 268435456,
         "cpu_limit_cores": 1.5,
+        "cpu_usage_cores": None,
+        "cpu_throttled_percent": None,
+        "oom_kills": None,
+        "memory_pressure": None,
+        "cpu_pressure": None,
+        "io_pressure": None,
     }
 
 
@@ -123,6 +130,12 @@ def test_v1_hybrid_layout_like_this_machine(tmp_path: Path) -> None:
         "memory_limit_bytes": 3 * GiB,  # the hierarchical limit is the effective one
         "memory_used_bytes": GiB - 1024,
         "cpu_limit_cores": 2.5,
+        "cpu_usage_cores": None,
+        "cpu_throttled_percent": None,
+        "oom_kills": None,
+        "memory_pressure": None,
+        "cpu_pressure": None,
+        "io_pressure": None,
     }
 
 
@@ -156,10 +169,167 @@ def test_no_cgroup_filesystem_is_all_null(tmp_path: Path) -> None:
         "memory_limit_bytes": None,
         "memory_used_bytes": None,
         "cpu_limit_cores": None,
+        "cpu_usage_cores": None,
+        "cpu_throttled_percent": None,
+        "oom_kills": None,
+        "memory_pressure": None,
+        "cpu_pressure": None,
+        "io_pressure": None,
     }
+
+
+FIELDS = {
+    "cgroup",
+    "memory_limit_bytes",
+    "memory_used_bytes",
+    "cpu_limit_cores",
+    "cpu_usage_cores",
+    "cpu_throttled_percent",
+    "oom_kills",
+    "memory_pressure",
+    "cpu_pressure",
+    "io_pressure",
+}
 
 
 def test_this_machine() -> None:
     result = ContainerCollector().collect(0.0)
     assert result["cgroup"] in (1, 2, None)
-    assert set(result) == {"cgroup", "memory_limit_bytes", "memory_used_bytes", "cpu_limit_cores"}
+    assert set(result) == FIELDS
+
+
+# -- counters: CPU use, throttling, OOM kills, pressure --------------------------------
+
+
+V2_PSI = (
+    "some avg10={} avg60=0.50 avg300=0.10 total=12345\nfull avg10=0.00 avg60=0 avg300=0 total=0\n"
+)
+
+
+def test_v2_counters_and_pressure(tmp_path: Path) -> None:
+    cg = tmp_path / "cg"
+    write(
+        cg,
+        {
+            "cgroup.controllers": "cpu memory io",
+            "pod/memory.max": str(GiB),
+            "pod/memory.current": "1000",
+            "pod/cpu.max": "200000 100000",
+            "pod/cpu.stat": "usage_usec 1000000\nnr_periods 100\nnr_throttled 10\n",
+            "pod/memory.events": "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\n",
+            "pod/memory.pressure": V2_PSI.format("12.50"),
+            "pod/cpu.pressure": V2_PSI.format("3.25"),
+            "pod/io.pressure": V2_PSI.format("0.00"),
+        },
+    )
+    container = collector(tmp_path, "0::/pod\n")
+    first = container.collect(100.0)
+    assert first["cpu_usage_cores"] is None  # a rate needs two readings
+    assert first["cpu_throttled_percent"] is None
+    assert first["oom_kills"] == 2
+    assert (first["memory_pressure"], first["cpu_pressure"], first["io_pressure"]) == (
+        12.5,
+        3.25,
+        0.0,
+    )
+    # 2 s later: 3 s of CPU time used (1.5 cores), 20 of 40 periods throttled
+    write(cg, {"pod/cpu.stat": "usage_usec 4000000\nnr_periods 140\nnr_throttled 30\n"})
+    write(cg, {"pod/memory.events": "oom 3\noom_kill 3\n"})
+    second = container.collect(102.0)
+    assert second["cpu_usage_cores"] == 1.5
+    assert second["cpu_throttled_percent"] == 50.0
+    assert second["oom_kills"] == 3
+
+
+def test_v2_without_psi_is_null(tmp_path: Path) -> None:
+    write(
+        tmp_path / "cg",
+        {"cgroup.controllers": "memory", "a/memory.current": "1", "a/memory.events": "oom 0\n"},
+    )
+    result = collector(tmp_path, "0::/a\n").collect(0.0)
+    assert result["memory_pressure"] is None
+    assert result["io_pressure"] is None
+    assert result["oom_kills"] is None  # a kernel without the oom_kill counter
+
+
+def v1_tree(cg: Path, usage_ns: int, periods: int, throttled: int, oom_kill: int) -> None:
+    write(
+        cg,
+        {
+            "memory/docker/abc/memory.limit_in_bytes": str(GiB),
+            "memory/docker/abc/memory.usage_in_bytes": str(GiB // 2),
+            "memory/docker/abc/memory.oom_control": (
+                f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kill}\n"
+            ),
+            "cpu/docker/abc/cpu.cfs_quota_us": "50000",
+            "cpu/docker/abc/cpu.cfs_period_us": "100000",
+            "cpu/docker/abc/cpu.stat": (
+                f"nr_periods {periods}\nnr_throttled {throttled}\nthrottled_time 5\n"
+            ),
+            "cpuacct/docker/abc/cpuacct.usage": str(usage_ns),
+        },
+    )
+
+
+def test_v1_counters(tmp_path: Path) -> None:
+    v1_tree(tmp_path / "cg", usage_ns=10**9, periods=10, throttled=0, oom_kill=0)
+    container = collector(
+        tmp_path, "4:memory:/docker/abc\n2:cpuacct:/docker/abc\n1:cpu:/docker/abc\n"
+    )
+    first = container.collect(10.0)
+    assert first["oom_kills"] == 0
+    assert first["cpu_usage_cores"] is None
+    v1_tree(tmp_path / "cg", usage_ns=3 * 10**9, periods=20, throttled=5, oom_kill=1)
+    second = container.collect(14.0)
+    assert second["cpu_usage_cores"] == 0.5  # 2 s of CPU in 4 s
+    assert second["cpu_throttled_percent"] == 50.0  # 5 of 10 periods
+    assert second["oom_kills"] == 1
+    assert second["memory_pressure"] is None  # v1 has no per-cgroup PSI
+    # no period passed (an idle cgroup): nothing was throttled
+    third = container.collect(16.0)
+    assert third["cpu_throttled_percent"] == 0.0
+    assert third["cpu_usage_cores"] == 0.0
+
+
+def test_counter_reset_is_null_not_negative(tmp_path: Path) -> None:
+    v1_tree(tmp_path / "cg", usage_ns=5 * 10**9, periods=50, throttled=5, oom_kill=0)
+    container = collector(
+        tmp_path, "4:memory:/docker/abc\n2:cpuacct:/docker/abc\n1:cpu:/docker/abc\n"
+    )
+    container.collect(0.0)
+    v1_tree(tmp_path / "cg", usage_ns=10**9, periods=10, throttled=1, oom_kill=0)
+    second = container.collect(1.0)
+    assert second["cpu_usage_cores"] is None
+    assert second["cpu_throttled_percent"] is None
+
+
+def test_v1_subtree_mount_finds_own_cgroup_by_its_tail(tmp_path: Path) -> None:
+    # /proc/self/cgroup names the host's full path, the mount shows only our subtree
+    write(
+        tmp_path / "cg",
+        {
+            "memory/memory.usage_in_bytes": "1",
+            "memory/memory.oom_control": "oom_kill 0\n",
+            "memory/child/memory.usage_in_bytes": "2",
+            "memory/child/memory.oom_control": "oom_kill 7\n",
+        },
+    )
+    result = collector(tmp_path, "4:memory:/host/pod/child\n").collect(0.0)
+    assert result["oom_kills"] == 7
+    assert result["memory_used_bytes"] == 2
+
+
+def test_this_machine_counters_move() -> None:
+    """The real files: CPU use is a rate from the second reading on, OOM kills a count."""
+    container = ContainerCollector()
+    first = container.collect(time.monotonic())
+    if first["cgroup"] is None:
+        pytest.skip("no cgroup filesystem on this machine")
+    end = time.monotonic() + 0.2
+    while time.monotonic() < end:  # burn a little CPU so the counter moves
+        pass
+    second = container.collect(time.monotonic())
+    assert first["cpu_usage_cores"] is None
+    assert second["cpu_usage_cores"] is not None and second["cpu_usage_cores"] > 0
+    assert isinstance(second["oom_kills"], int) and second["oom_kills"] >= 0
+    assert second["cpu_throttled_percent"] is not None

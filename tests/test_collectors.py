@@ -131,6 +131,13 @@ class FakeProcess:
         self._check()
         return _nt("pmem", {"rss": self._rss, "vms": self._rss * 2})
 
+    def children(self, recursive: bool = False) -> list[FakeProcess]:
+        assert recursive
+        self._check()
+        return list(self.descendants)
+
+    descendants: tuple[FakeProcess, ...] = ()
+
 
 # -- cpu ------------------------------------------------------------------------------
 
@@ -368,7 +375,10 @@ def test_jupyter_kernel_usage_from_pids() -> None:
     ps = FakePsutil()
     ps.processes = {42: FakeProcess(42, "python", [0.0, 12.5], 80_000_000)}
     counts = JupyterCounts(
-        kernels=(KernelRef("k1", "python3", 42), KernelRef("k2", "remote", None)),
+        kernels=(
+            KernelRef("k1", "python3", 42, "work/analysis.ipynb", "busy", 1700000000.5, 2),
+            KernelRef("k2", "remote", None),
+        ),
         terminals=2,
         sessions=1,
     )
@@ -377,9 +387,48 @@ def test_jupyter_kernel_usage_from_pids() -> None:
     result = collector.collect(1.0)
     assert result["kernels"] == 2 and result["terminals"] == 2 and result["sessions"] == 1
     assert result["kernel_usage"] == [
-        {"id": "k1", "name": "python3", "pid": 42, "cpu_percent": 12.5, "rss_bytes": 80_000_000},
-        {"id": "k2", "name": "remote", "pid": None, "cpu_percent": None, "rss_bytes": None},
+        {
+            "id": "k1",
+            "name": "python3",
+            "pid": 42,
+            "path": "work/analysis.ipynb",
+            "execution_state": "busy",
+            "last_activity": 1700000000.5,
+            "connections": 2,
+            "cpu_percent": 12.5,
+            "rss_bytes": 80_000_000,
+        },
+        {
+            "id": "k2",
+            "name": "remote",
+            "pid": None,
+            "path": None,
+            "execution_state": None,
+            "last_activity": None,
+            "connections": None,
+            "cpu_percent": None,
+            "rss_bytes": None,
+        },
     ]
+
+
+def test_jupyter_kernel_usage_covers_the_process_tree() -> None:
+    ps = FakePsutil()
+    kernel = FakeProcess(42, "python", [0.0, 10.0], 100)
+    child = FakeProcess(43, "python", [0.0, 50.0], 1000)
+    grandchild = FakeProcess(44, "sleep", [], 10)  # first seen on the second tick
+    kernel.descendants = (child,)
+    ps.processes = {42: kernel, 43: child}
+    counts = JupyterCounts(kernels=(KernelRef("k1", "python3", 42),), terminals=0, sessions=0)
+    collector = JupyterCollector(lambda: counts, ps=ps)
+    first = collector.collect(0.0)["kernel_usage"][0]
+    assert (first["rss_bytes"], first["cpu_percent"]) == (1100, None)
+    kernel.descendants = (child, grandchild)
+    ps.processes[44] = grandchild
+    second = collector.collect(1.0)["kernel_usage"][0]
+    assert second["rss_bytes"] == 1110
+    assert second["cpu_percent"] == 60.0  # the grandchild's first reading counts as 0
+    assert collector.kernel_pids == {42: "k1", 43: "k1", 44: "k1"}  # for the gpu group
 
 
 def test_jupyter_server_not_answering_is_a_collector_error() -> None:

@@ -1,0 +1,197 @@
+"""Kernels -> notebooks: process trees, exit statuses, and a real server's kernel_usage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from jupyter_server_ext.kernels import (
+    KernelDeath,
+    KernelDeaths,
+    exit_code_of,
+    proc_children,
+    process_tree,
+    unix_time,
+)
+
+from .conftest import eventually
+
+#: A child that holds memory until its parent (the kernel) is gone.
+HOLDER = (
+    "import os, time\n"
+    "parent = os.getppid()\n"
+    "held = b'x' * (200 * 2**20)\n"
+    "print('holding', flush=True)\n"
+    "for _ in range(3000):\n"
+    "    if os.getppid() != parent: break\n"
+    "    time.sleep(0.1)\n"
+)
+
+
+def test_process_tree_of_a_real_process_with_a_grandchild() -> None:
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"  # noqa: E501
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        proc = psutil.Process(parent.pid)
+        asyncio.run(eventually(lambda: len(proc.children(recursive=True)) == 1))
+        (grandchild,) = proc.children(recursive=True)
+        tree = process_tree(parent.pid)
+        assert tree == [parent.pid, grandchild.pid]
+        # the psutil path (no /proc children files) finds the same tree
+        assert process_tree(parent.pid, children=None) == tree
+        assert process_tree(parent.pid, children=lambda pid: None) == tree
+        assert process_tree(parent.pid, limit=1) == [parent.pid]
+    finally:
+        for p in psutil.Process(parent.pid).children(recursive=True):
+            p.kill()
+        parent.kill()
+        parent.wait(10)
+
+
+def test_gone_process_has_no_children() -> None:
+    done = subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert done.returncode == 0
+    assert proc_children(2**22 + 12345) == []
+
+
+def test_unix_time_of_kernel_models() -> None:
+    moment = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert unix_time(moment) == moment.timestamp()
+    assert unix_time("2024-05-01T12:00:00.000000Z") == moment.timestamp()
+    assert unix_time("not a time") is None
+    assert unix_time(None) is None
+
+
+def test_exit_code_guard_and_fallback() -> None:
+    reaped = SimpleNamespace(provisioner=SimpleNamespace(process=SimpleNamespace(returncode=-9)))
+    assert exit_code_of(reaped) == -9
+    # a provisioner without a local process (a remote kernel): unknown, not an error
+    assert exit_code_of(SimpleNamespace(provisioner=SimpleNamespace(pid=5))) is None
+    assert exit_code_of(SimpleNamespace()) is None
+
+
+class FakeRestarterKM:
+    """A kernel manager's restart-callback API, as jupyter_client has it."""
+
+    def __init__(self, pid: int) -> None:
+        self.callbacks: dict[str, list[Any]] = {"restart": [], "dead": []}
+        self.kernel_name = "python3"
+        self.provisioner = SimpleNamespace(pid=pid, process=SimpleNamespace(returncode=None))
+
+    def add_restart_callback(self, f: Any, event: str = "restart") -> None:
+        self.callbacks[event].append(f)
+
+    def remove_restart_callback(self, f: Any, event: str = "restart") -> None:
+        if f in self.callbacks[event]:
+            self.callbacks[event].remove(f)
+
+    def die(self, event: str, code: int) -> None:
+        self.provisioner.process.returncode = code
+        for callback in self.callbacks[event]:
+            callback()
+
+
+def test_deaths_are_recorded_once_per_process_and_drained() -> None:
+    deaths = KernelDeaths(clock=lambda: 1000.0, monotonic=lambda: 5.0)
+    km = FakeRestarterKM(pid=77)
+    for _ in range(3):  # watched every tick: the callback is registered once
+        deaths.watch("k1", km, "analysis.ipynb")
+    assert [len(v) for v in km.callbacks.values()] == [1, 1]
+    km.die("restart", -9)
+    km.die("dead", -9)  # the same process: one death
+    assert deaths.drain() == [KernelDeath("k1", "python3", 77, -9, "analysis.ipynb", 1000.0, 5.0)]
+    assert deaths.drain() == []
+    deaths.forget_except([])
+    km.provisioner.pid = 78
+    km.die("restart", 1)  # a forgotten kernel's callback still reports, without a path
+    assert deaths.drain()[0].path is None
+
+
+# -- a real server --------------------------------------------------------------------
+
+
+async def start_session(jp_fetch: Any, path: str) -> dict[str, Any]:
+    body = {"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}}
+    reply = await jp_fetch("api", "sessions", method="POST", body=json.dumps(body))
+    session = json.loads(reply.body)
+    assert isinstance(session, dict)
+    return session
+
+
+def kernel_usage(sysmon: Any, kernel_id: str) -> dict[str, Any] | None:
+    latest = sysmon.broadcaster.latest
+    if latest is None or "jupyter" not in latest.groups:
+        return None
+    for entry in latest.groups["jupyter"]["kernel_usage"]:
+        if entry["id"] == kernel_id:
+            return dict(entry)
+    return None
+
+
+async def test_kernel_usage_names_the_notebook_and_state(
+    sysmon: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    session = await start_session(jp_fetch, "work/analysis.ipynb")
+    kernel_id = session["kernel"]["id"]
+    try:
+        await eventually(lambda: kernel_usage(sysmon, kernel_id) is not None, timeout=30)
+        entry = kernel_usage(sysmon, kernel_id)
+        assert entry is not None
+        assert entry["path"] == "work/analysis.ipynb"
+        model = jp_serverapp.kernel_manager.kernel_model(kernel_id)
+        assert entry["execution_state"] in ("starting", "idle", "busy")
+        assert entry["execution_state"] == model["execution_state"]
+        assert entry["connections"] == 0
+        assert isinstance(entry["last_activity"], float)
+        assert abs(entry["last_activity"] - datetime.now(timezone.utc).timestamp()) < 120
+    finally:
+        await jp_fetch("api", "sessions", session["id"], method="DELETE")
+
+
+@pytest.mark.timeout(120)
+async def test_kernel_tree_memory_includes_its_children(
+    sysmon: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    session = await start_session(jp_fetch, "tree.ipynb")
+    kernel_id = session["kernel"]["id"]
+    km = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    client = km.client()
+    client.start_channels()
+    child_pid: int | None = None
+    try:
+        await client.wait_for_ready(timeout=60)
+        code = f"import subprocess, sys\nholder = subprocess.Popen([sys.executable, '-c', {HOLDER!r}], stdout=subprocess.PIPE)\nholder.stdout.readline()\nprint(holder.pid)"  # noqa: E501
+        outputs: list[str] = []
+        reply = await client.execute_interactive(
+            code,
+            timeout=60,
+            output_hook=lambda msg: outputs.append(msg["content"].get("text", "")),
+        )
+        assert reply["content"]["status"] == "ok"
+        child_pid = int("".join(outputs).split()[-1])
+        kernel_pid = km.provisioner.pid
+        assert child_pid in [c.pid for c in psutil.Process(kernel_pid).children()]
+
+        def tree_holds_child() -> bool:
+            entry = kernel_usage(sysmon, kernel_id)
+            own = psutil.Process(kernel_pid).memory_info().rss
+            return bool(entry and entry["rss_bytes"] and entry["rss_bytes"] > own + 150 * 2**20)
+
+        await eventually(tree_holds_child, timeout=30)
+    finally:
+        client.stop_channels()
+        if child_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)
+        await jp_fetch("api", "sessions", session["id"], method="DELETE")
