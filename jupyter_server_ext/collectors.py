@@ -20,7 +20,7 @@ import psutil
 
 from . import procfs
 from .errors import CollectorError
-from .sampler import Rates, sum_known
+from .sampler import INLINE, Rates, Stuck, sum_known
 
 
 def _split(t: Any) -> tuple[float, float]:
@@ -143,7 +143,13 @@ class DiskCollector:
     """``disk``: read/write throughput and operations per second over all disks, and
     the usage of each mounted filesystem (one entry per device, its shortest mount
     point, plus ``/``). The mount table is re-read every ``MOUNTS_REFRESH`` seconds;
-    usage is read every tick."""
+    usage is read every tick.
+
+    Each mount's usage call goes through ``guard`` (the sampler's
+    :class:`~.sampler.CallGuard`) under the key ``disk:<path>``: a call on a stale NFS
+    mount that never returns marks that mount ``stuck`` (its numbers are the last known
+    ones, or null) while the other mounts and the I/O rates are read as usual.
+    """
 
     name = "disk"
     MOUNTS_REFRESH = 30.0
@@ -154,8 +160,12 @@ class DiskCollector:
         self._mount_table: list[tuple[str, str]] = []
         self._mounts_read_at: float | None = None
         self._diskstats = procfs.DiskStats() if _uses_procfs(ps) else None
+        self._known: dict[str, dict[str, Any]] = {}
+        self.guard: Any = INLINE
 
     def collect(self, now: float) -> dict[str, Any]:
+        # Mounts first: a stuck one unwinds this call before the rates move on.
+        mounts = self._mounts(now)
         counters: dict[str, float] = {}
         if self._diskstats is not None:
             totals = self._diskstats.read()
@@ -180,7 +190,7 @@ class DiskCollector:
             "write_bytes_per_s": _rounded(rates.get("write_bytes")),
             "read_ops_per_s": _rounded(rates.get("read_ops")),
             "write_ops_per_s": _rounded(rates.get("write_ops")),
-            "mounts": self._mounts(now),
+            "mounts": mounts,
         }
 
     def _mounted(self, now: float) -> list[tuple[str, str]]:
@@ -196,26 +206,39 @@ class DiskCollector:
                 chosen.append(("/", ""))
             self._mount_table = sorted(chosen)
             self._mounts_read_at = now
+            paths = {path for path, _ in self._mount_table}
+            self._known = {p: m for p, m in self._known.items() if p in paths}
             if self._diskstats is not None:
                 self._diskstats.refresh()
         return self._mount_table
 
     def _mounts(self, now: float) -> list[dict[str, Any]]:
         mounts = []
+        usage_of = self._ps.disk_usage
         for path, fstype in self._mounted(now):
             try:
-                usage = self._ps.disk_usage(path)
+                usage = self.guard.call(
+                    f"disk:{path}", f"filesystem call on {path}", usage_of, path
+                )
+            except Stuck:
+                known = self._known.get(path)
+                if known is None:
+                    known = {"path": path, "fstype": fstype, "total_bytes": None,
+                             "used_bytes": None, "free_bytes": None, "percent": None}  # fmt: skip
+                mounts.append({**known, "stuck": True})
+                continue
             except OSError:
                 continue  # unreadable or vanished mount: leave it out, keep the rest
-            mounts.append(
-                {
-                    "path": path,
-                    "fstype": fstype,
-                    "total_bytes": usage.total,
-                    "used_bytes": usage.used,
-                    "percent": round(usage.percent, 1),
-                }
-            )
+            mount = self._known[path] = {
+                "path": path,
+                "fstype": fstype,
+                "total_bytes": usage.total,
+                "used_bytes": usage.used,
+                "free_bytes": usage.free,
+                "percent": round(usage.percent, 1),
+                "stuck": False,
+            }
+            mounts.append(mount)
         return mounts
 
 
@@ -391,15 +414,24 @@ def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: in
 class ProcessesCollector:
     """``processes``: how many processes exist, and the ``top_n`` by CPU and by RSS.
 
-    With ``top_n`` 0 only the count is read (no per-process walk).
+    With ``top_n`` 0 only the count is read (no per-process walk). Its cost grows with
+    the host's process count, so it runs on demand (``on_demand``): only while someone
+    wants the group (a subscriber, a REST call, a scrape). Otherwise the sampler leaves
+    the group out of the sample and calls :meth:`pause`, which forgets the per-process
+    readings: the first sample after a pause lists ``top_cpu`` empty, as on start.
     """
 
     name = "processes"
+    on_demand = True
 
     def __init__(self, top_n: int = 5, ps: ModuleType | Any = psutil) -> None:
         self._ps = ps
         self._top_n = top_n
         self._table = ProcessTable(ps)
+
+    def pause(self) -> None:
+        """Forget what was read: CPU shares over a pause would mislead."""
+        self._table = ProcessTable(self._ps)
 
     def collect(self, now: float) -> dict[str, Any]:
         pids = self._ps.pids()
