@@ -164,7 +164,8 @@ class CallGuard:
             return fn(*args)
         finally:
             with self._lock:
-                del self._active[key]
+                if self._active.get(key) is call:
+                    del self._active[key]
                 stack.pop()
                 if not stack:
                     del self._stacks[thread]
@@ -184,6 +185,12 @@ class CallGuard:
                 return None
             call = stack[-1]
             call.abandoned = True
+            # The calls around it (the disk collector around one mount's call) are over
+            # for us: the thread will unwind through them without touching their state,
+            # so a new runner may make them again.
+            for outer in stack[:-1]:
+                if self._active.get(outer.key) is outer:
+                    del self._active[outer.key]
             return call
 
     def running_s(self, key: str) -> float | None:
@@ -391,6 +398,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._runner: _Runner | None = None
         self._runners_started = 0
+        self._threads: list[threading.Thread] = []
         self._tick: _Tick | None = None
         self._closed = False
         self._close_lock = threading.Lock()
@@ -495,6 +503,7 @@ class Sampler:
                 runner.retired = True  # busy with a tick given up on: let it finish alone
             self._runners_started += 1
             runner = self._runner = _Runner(self, self._runners_started)
+            self._threads.append(runner.thread)
         runner.give(tick)
         return runner
 
@@ -541,6 +550,7 @@ class Sampler:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sysmon-sampler", daemon=True)
         self._thread.start()
+        self._threads.append(self._thread)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop sampling and close the collectors. Waits at most about ``timeout``
@@ -585,12 +595,9 @@ class Sampler:
 
     @property
     def threads(self) -> list[threading.Thread]:
-        """The sampler's live threads (scheduler, runners, threads in stuck calls)."""
-        return [
-            t
-            for t in threading.enumerate()
-            if t.name == "sysmon-sampler" or t.name.startswith("sysmon-collect-")
-        ]
+        """This sampler's live threads (scheduler, runner, threads in stuck calls)."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return list(self._threads)
 
     def _run(self) -> None:
         next_tick = self._clock()
