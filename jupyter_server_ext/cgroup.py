@@ -63,19 +63,20 @@ class ContainerCollector:
         for directory in _self_and_ancestors(own, self._root):
             text = _read(directory / "memory.max")
             if text is not None and text != "max":
-                memory_limit = _min(memory_limit, int(text))
-            text = _read(directory / "cpu.max")
+                memory_limit = _min(memory_limit, _int(directory / "memory.max", text))
+            path = directory / "cpu.max"
+            text = _read(path)
             if text is not None:
                 quota, _, period = text.partition(" ")
                 if quota != "max" and period:
-                    cpu_limit = _min(cpu_limit, int(quota) / int(period))
+                    cpu_limit = _min(cpu_limit, _cores(path, "cpu.max", quota, period))
         used = None
         if own != self._root:
             current = _read(own / "memory.current")
             if current is None:
                 raise CollectorError(f"cannot read {own / 'memory.current'}")
             inactive = _stats(own / "memory.stat").get("inactive_file", 0)
-            used = max(0, int(current) - inactive)
+            used = max(0, _int(own / "memory.current", current) - inactive)
         return {
             "cgroup": 2,
             "memory_limit_bytes": memory_limit,
@@ -95,13 +96,15 @@ class ContainerCollector:
             limit = stats.get("hierarchical_memory_limit")
             if limit is None:
                 text = _read(mem / "memory.limit_in_bytes")
-                limit = int(text) if text is not None else None
+                limit = _int(mem / "memory.limit_in_bytes", text) if text is not None else None
             if limit is not None and limit < _V1_UNLIMITED:
                 memory_limit = limit
             usage = _read(mem / "memory.usage_in_bytes")
             if usage is None:
                 raise CollectorError(f"cannot read {mem / 'memory.usage_in_bytes'}")
-            used = max(0, int(usage) - stats.get("total_inactive_file", 0))
+            used = max(
+                0, _int(mem / "memory.usage_in_bytes", usage) - stats.get("total_inactive_file", 0)
+            )
         cpu_limit: float | None = None
         cpu_root = self._root / "cpu"
         if cpu_root.is_dir():
@@ -109,8 +112,11 @@ class ContainerCollector:
             for directory in _self_and_ancestors(cpu, cpu_root):
                 quota = _read(directory / "cpu.cfs_quota_us")
                 period = _read(directory / "cpu.cfs_period_us")
-                if quota is not None and period is not None and int(quota) > 0:
-                    cpu_limit = _min(cpu_limit, int(quota) / int(period))
+                if quota is None or period is None:
+                    continue
+                if _int(directory / "cpu.cfs_quota_us", quota) > 0:
+                    path = directory / "cpu.cfs_period_us"
+                    cpu_limit = _min(cpu_limit, _cores(path, "cpu.cfs_period_us", quota, period))
         return {
             "cgroup": 1,
             "memory_limit_bytes": memory_limit,
@@ -156,6 +162,24 @@ def _read(path: Path) -> str | None:
         return None
     except OSError as err:
         raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _int(path: Path, text: str) -> int:
+    """``text`` (read from ``path``) as an integer; a :class:`CollectorError` in words if
+    it is not one."""
+    try:
+        return int(text)
+    except ValueError:
+        raise CollectorError(f"cannot read {path}: not a number: {text[:40]!r}") from None
+
+
+def _cores(path: Path, name: str, quota: str, period: str) -> float:
+    """A CPU quota over its period, in cores; a zero period is an error in words (the
+    kernel refuses one, but a broken or fake cgroup tree may hold it)."""
+    quota_us, period_us = _int(path, quota), _int(path, period)
+    if period_us <= 0:
+        raise CollectorError(f"{name} has a zero period ({path})")
+    return quota_us / period_us
 
 
 def _stats(path: Path) -> dict[str, int]:

@@ -60,10 +60,11 @@ class CpuCollector:
 
     name = "cpu"
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(self, ps: ModuleType | Any = psutil, stat_path: str = "/proc/stat") -> None:
         self._ps = ps
         self._last: list[Any] | None = None
         self._procfs = _uses_procfs(ps)
+        self._stat_path = stat_path
         self._last_ticks: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
@@ -87,7 +88,7 @@ class CpuCollector:
         }
 
     def _collect_procfs(self) -> dict[str, Any]:
-        overall, cores = ticks = procfs.cpu_ticks()
+        overall, cores = ticks = procfs.cpu_ticks(self._stat_path)
         prev, self._last_ticks = self._last_ticks, ticks
         per_cpu: list[float | None] | None = None
         percent = None
@@ -111,13 +112,14 @@ class MemoryCollector:
 
     name = "memory"
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(self, ps: ModuleType | Any = psutil, meminfo_path: str = "/proc/meminfo") -> None:
         self._ps = ps
         self._procfs = _uses_procfs(ps)
+        self._meminfo_path = meminfo_path
 
     def collect(self, now: float) -> dict[str, Any]:
         if self._procfs:
-            m = procfs.meminfo()
+            m = procfs.meminfo(self._meminfo_path)
             total, available = m.total_bytes, m.available_bytes
             swap_total = m.swap_total_bytes
             swap_used = max(0, swap_total - m.swap_free_bytes)
@@ -154,12 +156,16 @@ class DiskCollector:
     name = "disk"
     MOUNTS_REFRESH = 30.0
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self, ps: ModuleType | Any = psutil, diskstats: procfs.DiskStats | None = None
+    ) -> None:
         self._ps = ps
         self._rates = Rates()
         self._mount_table: list[tuple[str, str]] = []
         self._mounts_read_at: float | None = None
-        self._diskstats = procfs.DiskStats() if _uses_procfs(ps) else None
+        if diskstats is None and _uses_procfs(ps):
+            diskstats = procfs.DiskStats()
+        self._diskstats = diskstats
         self._known: dict[str, dict[str, Any]] = {}
         self.guard: Any = INLINE
 
@@ -249,16 +255,22 @@ class NetworkCollector:
 
     name = "network"
 
-    def __init__(self, ps: ModuleType | Any = psutil, ignore: Iterable[str] = ("lo",)) -> None:
+    def __init__(
+        self,
+        ps: ModuleType | Any = psutil,
+        ignore: Iterable[str] = ("lo",),
+        net_dev_path: str = "/proc/net/dev",
+    ) -> None:
         self._ps = ps
         self._ignore = frozenset(ignore)
         self._rates = Rates()
         self._procfs = _uses_procfs(ps)
+        self._net_dev_path = net_dev_path
 
     def _read(self) -> dict[str, tuple[int, int, int, int]]:
         """Per interface: bytes received, sent, packets received, sent."""
         if self._procfs:
-            return procfs.net_counters()
+            return procfs.net_counters(self._net_dev_path)
         return {
             nic: (c.bytes_recv, c.bytes_sent, c.packets_recv, c.packets_sent)
             for nic, c in self._ps.net_io_counters(pernic=True).items()
