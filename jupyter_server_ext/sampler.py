@@ -120,7 +120,7 @@ class _Abandoned(BaseException):
 
 
 class _Call:
-    __slots__ = ("abandoned", "key", "started", "thread", "what")
+    __slots__ = ("abandoned", "key", "logged", "started", "thread", "what")
 
     def __init__(self, key: str, what: str, started: float, thread: int) -> None:
         self.key = key
@@ -128,6 +128,7 @@ class _Call:
         self.started = started
         self.thread = thread
         self.abandoned = False
+        self.logged = False  # its "did not answer" line was logged: log its return too
 
 
 class CallGuard:
@@ -170,11 +171,12 @@ class CallGuard:
                 if not stack:
                     del self._stacks[thread]
             if call.abandoned:
-                self.log.info(
-                    "sysmon: %s returned after %.1f s; it is read again from the next tick",
-                    what,
-                    self._clock() - call.started,
-                )
+                if call.logged:
+                    self.log.info(
+                        "sysmon: %s returned after %.1f s; it is read again from the next tick",
+                        what,
+                        self._clock() - call.started,
+                    )
                 raise _Abandoned  # the thread is no longer a runner: unwind it
 
     def abandon(self, thread: int) -> _Call | None:
@@ -394,6 +396,7 @@ class Sampler:
         self._failures = _FailureLog(clock, log)
         self._last_good: dict[str, tuple[dict[str, Any], float]] = {}
         self._paused: set[str] = set()
+        self._late_logged: dict[str, tuple[float, int]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._runner: _Runner | None = None
@@ -486,15 +489,29 @@ class Sampler:
             if call is not None:
                 runner.retired = True
                 self._runner = None
-                self.log.warning(
-                    "sysmon: %s did not answer within %g s; it is left running and "
-                    "reported stale until it returns",
-                    call.what,
-                    self.timeout,
-                )
+                self._log_late(call)
                 runner = self._runner_for(tick)
             deadline = self._clock() + RESUME_SHARE * self.timeout
         self.log.warning("sysmon: tick given up after %d stuck calls", MAX_RESUMES)
+
+    def _log_late(self, call: _Call) -> None:
+        """One line when a call misses its deadline; for a call that is late again and
+        again (a slow collector), a reminder every LOG_REPEAT_INTERVAL with the count."""
+        now = self._clock()
+        logged_at, count = self._late_logged.get(call.key, (None, 0))
+        if logged_at is not None and now - logged_at < LOG_REPEAT_INTERVAL:
+            self._late_logged[call.key] = (logged_at, count + 1)
+            return
+        again = f" (late {count} more times since last logged)" if count else ""
+        self.log.warning(
+            "sysmon: %s did not answer within %g s; it is left running and reported "
+            "stale until it returns%s",
+            call.what,
+            self.timeout,
+            again,
+        )
+        call.logged = True
+        self._late_logged[call.key] = (now, 0)
 
     def _runner_for(self, tick: _Tick) -> _Runner:
         runner = self._runner
