@@ -150,7 +150,16 @@ class CallGuard:
         self._active: dict[str, _Call] = {}
         self._stacks: dict[int, list[_Call]] = {}
 
-    def call(self, key: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(
+        self,
+        key: str,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_late: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """``fn(*args)``, registered under ``key``. If the call is given up on and later
+        returns a result, ``on_late(result)`` gets it (a late reading is still a reading)."""
         thread = threading.get_ident()
         with self._lock:
             running = self._active.get(key)
@@ -161,8 +170,10 @@ class CallGuard:
             if stack is None:
                 stack = self._stacks[thread] = []
             stack.append(call)
+        result: Any = None
         try:
-            return fn(*args)
+            result = fn(*args)
+            return result
         finally:
             with self._lock:
                 if self._active.get(key) is call:
@@ -171,6 +182,8 @@ class CallGuard:
                 if not stack:
                     del self._stacks[thread]
             if call.abandoned:
+                if on_late is not None and result is not None:
+                    on_late(result)
                 if call.logged:
                     self.log.info(
                         "sysmon: %s returned after %.1f s; it is read again from the next tick",
@@ -214,7 +227,14 @@ class InlineGuard:
     """The guard of a collector used outside a sampler (tests, one-off reads): calls
     ``fn`` directly, with no deadline."""
 
-    def call(self, key: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(
+        self,
+        key: str,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_late: Callable[[Any], None] | None = None,
+    ) -> Any:
         return fn(*args)
 
 
@@ -397,6 +417,9 @@ class Sampler:
         self._last_good: dict[str, tuple[dict[str, Any], float]] = {}
         self._paused: set[str] = set()
         self._late_logged: dict[str, tuple[float, int]] = {}
+        # readings of calls that returned after their tick was given up on (set by the
+        # thread that made the call, taken by the scheduler)
+        self._late_results: dict[str, tuple[dict[str, Any], float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._runner: _Runner | None = None
@@ -439,6 +462,10 @@ class Sampler:
             groups, errors = dict(tick.groups), dict(tick.errors)
             late = dict(tick.late)
         self._tick = None
+        for name in list(self._late_results):
+            reading = self._late_results.pop(name)
+            if reading[1] > self._last_good.get(name, (None, -1.0))[1]:
+                self._last_good[name] = reading
         stale: dict[str, float] = {}
         for collector in run:
             name = collector.name
@@ -533,8 +560,14 @@ class Sampler:
                     return
                 collector = tick.collectors[tick.index]
             name = collector.name
+
+            def late(result: Any, name: str = name, at: float = tick.now) -> None:
+                self._late_results[name] = (result, at)
+
             try:
-                result = guard.call(name, f"collector {name!r}", collector.collect, tick.now)
+                result = guard.call(
+                    name, f"collector {name!r}", collector.collect, tick.now, on_late=late
+                )
             except Stuck as stuck:
                 with tick.lock:
                     tick.late[name] = stuck.running_s
