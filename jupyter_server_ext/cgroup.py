@@ -11,6 +11,7 @@ kubelet do: that is the memory the kernel would not reclaim before an OOM kill.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +156,23 @@ def _self_and_ancestors(directory: Path, stop: Path) -> list[Path]:
 
 def _read(path: Path) -> str | None:
     """The file's stripped text; ``None`` if it does not exist. Other errors
-    (permission denied) become a :class:`CollectorError`."""
+    (permission denied) become a :class:`CollectorError`. Plain ``os`` calls: a
+    pathlib ``read_text`` costs about three times as much per small cgroup file."""
     try:
-        return path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     except OSError as err:
         raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError as err:
+        raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace").strip()
 
 
 def _int(path: Path, text: str) -> int:
