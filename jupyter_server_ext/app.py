@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from jupyter_server.base.websocket import WS_PING_INTERVAL
@@ -39,10 +40,16 @@ from .errors import ConfigError
 from .gpu import GpuCollector
 from .handlers import StatusAPIHandler, StatusWebSocketHandler
 from .kernels import KernelDeaths, unix_time
-from .sampler import Collector, Sampler
+from .sampler import Collector, Sampler, default_timeout
 
 #: How long the sampler waits for the server's managers to answer (s).
 MANAGER_TIMEOUT = 2.0
+#: How long shutdown waits for the sampler's threads (s); never for a stuck call.
+SAMPLER_STOP_WAIT = 0.3
+#: A group asked for with :meth:`SysmonExtension.want` is sampled for this many intervals.
+WANT_INTERVALS = 3
+#: The newest sample is stale as a whole when older than this many intervals.
+STALE_INTERVALS = 3
 #: How long shutdown waits for 1001 close frames to reach clients (s).
 CLOSE_GRACE = 1.0
 
@@ -133,6 +140,26 @@ class SysmonExtension(ExtensionApp):
         "CPU throttled >= 25 %, any OOM kill.",
     ).tag(config=True)
 
+    collector_timeout = Float(
+        help="Seconds a tick's collectors get to answer (default: the interval, at most "
+        "2 s; a larger value acts as the interval). A collector or filesystem call that "
+        "misses it does not hold back the others: the sample goes out on time, the late "
+        "group carries its last good reading and is listed in the sample's 'stale' and "
+        "'errors', and a call that never returns (a stale NFS mount) is not started again "
+        "until it does.",
+    ).tag(config=True)
+
+    @default("collector_timeout")
+    def _default_collector_timeout(self) -> float:
+        return default_timeout(self.interval)
+
+    @validate("collector_timeout")
+    def _validate_collector_timeout(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not value > 0:
+            raise ConfigError(f"SysmonExtension.collector_timeout must be > 0 seconds, got {value}")
+        return value
+
     @default("allow_owner")
     def _default_allow_owner(self) -> bool:
         return not self._under_jupyterhub()
@@ -210,7 +237,17 @@ class SysmonExtension(ExtensionApp):
             # a death and its OOM kill are read up to a tick (and a restarter poll) apart
             match_window_s=max(MATCH_WINDOW_S, 2 * self.interval + 3),
         )
-        self.sampler = Sampler(self.make_collectors(), self.interval, self._on_sample, self.host)
+        self._wanted_until: dict[str, float] = {}
+        self._sampled_at: float | None = None
+        self.sampler = Sampler(
+            self.make_collectors(),
+            self.interval,
+            self._on_sample,
+            self.host,
+            timeout=self.collector_timeout,
+            wanted=self._wanted_groups,
+            log=self.log,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keepalive: PeriodicCallback | None = None
         self.log.info(
@@ -267,8 +304,9 @@ class SysmonExtension(ExtensionApp):
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.sampler.stop)
+        # Bounded and short: the sampler never waits on a stuck call (its threads are
+        # daemons); no executor thread, which Python would join at exit.
+        self.sampler.stop(timeout=SAMPLER_STOP_WAIT)
         self._loop = None
         self._all_closed.clear()
         for handler in list(self.connections):
@@ -290,9 +328,56 @@ class SysmonExtension(ExtensionApp):
         if not self.connections:
             self._all_closed.set()
 
+    # -- what is wanted, and how fresh ------------------------------------------------
+
+    def want(self, groups: Iterable[str]) -> None:
+        """Mark ``groups`` as wanted for the next few intervals (``WANT_INTERVALS``):
+        on-demand groups (``processes``) are sampled only while someone wants them. The
+        REST handler calls this with the groups it serves; a scrape would too."""
+        until = time.monotonic() + WANT_INTERVALS * self.interval
+        for group in groups:
+            self._wanted_until[group] = until
+
+    def _wanted_groups(self) -> set[str]:
+        """On the sampler's thread: groups a subscriber or a recent caller wants. Both
+        reads copy in one step (``list(dict.items())``), safe beside the loop's writes."""
+        now = time.monotonic()
+        wanted = set(self.broadcaster.wanted())
+        wanted.update(g for g, until in list(self._wanted_until.items()) if until > now)
+        return wanted
+
+    def sample_age(self) -> float | None:
+        """Seconds since the newest sample was taken (monotonic), or None before the first."""
+        taken = self._sampled_at
+        return None if taken is None else time.monotonic() - taken
+
+    def status_for_api(self, metrics: Iterable[str]) -> tuple[dict[str, Any], str | None] | None:
+        """The newest sample restricted to ``metrics``, as JSON, and a warning when the
+        sample itself is stale (older than ``STALE_INTERVALS`` intervals: the sampler is
+        stuck as a whole). Then every group is listed in ``stale`` with the sample's age
+        added. None before the first sample."""
+        latest = self.broadcaster.latest
+        age = self.sample_age()
+        if latest is None or age is None:
+            return None
+        sample = latest.subset(metrics)
+        obj = sample.to_json()
+        if age <= STALE_INTERVALS * self.interval:
+            return obj, None
+        stale = dict(sample.stale)
+        for group in sample.groups:
+            stale[group] = round(age + stale.get(group, 0.0), 1)
+        obj["stale"] = stale
+        warning = (
+            f'110 - "sysmon: the newest sample is {age:.0f} s old (interval {self.interval:g} s);'
+            ' the sampler is stuck"'
+        )
+        return obj, warning
+
     # -- bridges between the sampler's thread and the server's loop -------------------
 
     def _on_sample(self, status: Status) -> None:
+        self._sampled_at = time.monotonic()
         deaths = self.kernel_deaths.drain()
         if "alerts" in self.metrics:
             alerts = self.alerts.update(status.groups, deaths, time.monotonic(), status.time)

@@ -175,3 +175,8 @@ class SystemStatusBroadcaster:
             group.discard(sub)
             if not group:
                 del self._groups[sub.metrics]
+
+    def wanted(self) -> set[str]:
+        """Every group some subscriber wants (the union of the subscription sets). Safe to
+        call from another thread: the sets are copied in one step."""
+        return {g for metrics, subs in list(self._groups.items()) if subs for g in metrics}

@@ -21,7 +21,7 @@ import psutil
 from . import kernels, procfs
 from .errors import CollectorError
 from .pressure import HOST_PRESSURE, HostPressure
-from .sampler import Rates, sum_known
+from .sampler import INLINE, Rates, Stuck, sum_known
 
 
 def _split(t: Any) -> tuple[float, float]:
@@ -63,12 +63,16 @@ class CpuCollector:
     name = "cpu"
 
     def __init__(
-        self, ps: ModuleType | Any = psutil, pressure_root: str | os.PathLike[str] = HOST_PRESSURE
+        self,
+        ps: ModuleType | Any = psutil,
+        stat_path: str = "/proc/stat",
+        pressure_root: str | os.PathLike[str] = HOST_PRESSURE,
     ) -> None:
         self._ps = ps
         self._pressure = HostPressure("cpu", pressure_root)
         self._last: list[Any] | None = None
         self._procfs = _uses_procfs(ps)
+        self._stat_path = stat_path
         self._last_ticks: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
@@ -95,7 +99,7 @@ class CpuCollector:
         }
 
     def _collect_procfs(self) -> dict[str, Any]:
-        overall, cores = ticks = procfs.cpu_ticks()
+        overall, cores = ticks = procfs.cpu_ticks(self._stat_path)
         prev, self._last_ticks = self._last_ticks, ticks
         per_cpu: list[float | None] | None = None
         percent = None
@@ -121,15 +125,19 @@ class MemoryCollector:
     name = "memory"
 
     def __init__(
-        self, ps: ModuleType | Any = psutil, pressure_root: str | os.PathLike[str] = HOST_PRESSURE
+        self,
+        ps: ModuleType | Any = psutil,
+        meminfo_path: str = "/proc/meminfo",
+        pressure_root: str | os.PathLike[str] = HOST_PRESSURE,
     ) -> None:
         self._ps = ps
         self._procfs = _uses_procfs(ps)
+        self._meminfo_path = meminfo_path
         self._pressure = HostPressure("memory", pressure_root)
 
     def collect(self, now: float) -> dict[str, Any]:
         if self._procfs:
-            m = procfs.meminfo()
+            m = procfs.meminfo(self._meminfo_path)
             total, available = m.total_bytes, m.available_bytes
             swap_total = m.swap_total_bytes
             swap_used = max(0, swap_total - m.swap_free_bytes)
@@ -156,19 +164,33 @@ class DiskCollector:
     """``disk``: read/write throughput and operations per second over all disks, and
     the usage of each mounted filesystem (one entry per device, its shortest mount
     point, plus ``/``). The mount table is re-read every ``MOUNTS_REFRESH`` seconds;
-    usage is read every tick."""
+    usage is read every tick.
+
+    Each mount's usage call goes through ``guard`` (the sampler's
+    :class:`~.sampler.CallGuard`) under the key ``disk:<path>``: a call on a stale NFS
+    mount that never returns marks that mount ``stuck`` (its numbers are the last known
+    ones, or null) while the other mounts and the I/O rates are read as usual.
+    """
 
     name = "disk"
     MOUNTS_REFRESH = 30.0
 
-    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+    def __init__(
+        self, ps: ModuleType | Any = psutil, diskstats: procfs.DiskStats | None = None
+    ) -> None:
         self._ps = ps
         self._rates = Rates()
         self._mount_table: list[tuple[str, str]] = []
         self._mounts_read_at: float | None = None
-        self._diskstats = procfs.DiskStats() if _uses_procfs(ps) else None
+        if diskstats is None and _uses_procfs(ps):
+            diskstats = procfs.DiskStats()
+        self._diskstats = diskstats
+        self._known: dict[str, dict[str, Any]] = {}
+        self.guard: Any = INLINE
 
     def collect(self, now: float) -> dict[str, Any]:
+        # Mounts first: a stuck one unwinds this call before the rates move on.
+        mounts = self._mounts(now)
         counters: dict[str, float] = {}
         if self._diskstats is not None:
             totals = self._diskstats.read()
@@ -193,7 +215,7 @@ class DiskCollector:
             "write_bytes_per_s": _rounded(rates.get("write_bytes")),
             "read_ops_per_s": _rounded(rates.get("read_ops")),
             "write_ops_per_s": _rounded(rates.get("write_ops")),
-            "mounts": self._mounts(now),
+            "mounts": mounts,
         }
 
     def _mounted(self, now: float) -> list[tuple[str, str]]:
@@ -209,26 +231,39 @@ class DiskCollector:
                 chosen.append(("/", ""))
             self._mount_table = sorted(chosen)
             self._mounts_read_at = now
+            paths = {path for path, _ in self._mount_table}
+            self._known = {p: m for p, m in self._known.items() if p in paths}
             if self._diskstats is not None:
                 self._diskstats.refresh()
         return self._mount_table
 
     def _mounts(self, now: float) -> list[dict[str, Any]]:
         mounts = []
+        usage_of = self._ps.disk_usage
         for path, fstype in self._mounted(now):
             try:
-                usage = self._ps.disk_usage(path)
+                usage = self.guard.call(
+                    f"disk:{path}", f"filesystem call on {path}", usage_of, path
+                )
+            except Stuck:
+                known = self._known.get(path)
+                if known is None:
+                    known = {"path": path, "fstype": fstype, "total_bytes": None,
+                             "used_bytes": None, "free_bytes": None, "percent": None}  # fmt: skip
+                mounts.append({**known, "stuck": True})
+                continue
             except OSError:
                 continue  # unreadable or vanished mount: leave it out, keep the rest
-            mounts.append(
-                {
-                    "path": path,
-                    "fstype": fstype,
-                    "total_bytes": usage.total,
-                    "used_bytes": usage.used,
-                    "percent": round(usage.percent, 1),
-                }
-            )
+            mount = self._known[path] = {
+                "path": path,
+                "fstype": fstype,
+                "total_bytes": usage.total,
+                "used_bytes": usage.used,
+                "free_bytes": usage.free,
+                "percent": round(usage.percent, 1),
+                "stuck": False,
+            }
+            mounts.append(mount)
         return mounts
 
 
@@ -239,16 +274,22 @@ class NetworkCollector:
 
     name = "network"
 
-    def __init__(self, ps: ModuleType | Any = psutil, ignore: Iterable[str] = ("lo",)) -> None:
+    def __init__(
+        self,
+        ps: ModuleType | Any = psutil,
+        ignore: Iterable[str] = ("lo",),
+        net_dev_path: str = "/proc/net/dev",
+    ) -> None:
         self._ps = ps
         self._ignore = frozenset(ignore)
         self._rates = Rates()
         self._procfs = _uses_procfs(ps)
+        self._net_dev_path = net_dev_path
 
     def _read(self) -> dict[str, tuple[int, int, int, int]]:
         """Per interface: bytes received, sent, packets received, sent."""
         if self._procfs:
-            return procfs.net_counters()
+            return procfs.net_counters(self._net_dev_path)
         return {
             nic: (c.bytes_recv, c.bytes_sent, c.packets_recv, c.packets_sent)
             for nic, c in self._ps.net_io_counters(pernic=True).items()
@@ -404,15 +445,24 @@ def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: in
 class ProcessesCollector:
     """``processes``: how many processes exist, and the ``top_n`` by CPU and by RSS.
 
-    With ``top_n`` 0 only the count is read (no per-process walk).
+    With ``top_n`` 0 only the count is read (no per-process walk). Its cost grows with
+    the host's process count, so it runs on demand (``on_demand``): only while someone
+    wants the group (a subscriber, a REST call, a scrape). Otherwise the sampler leaves
+    the group out of the sample and calls :meth:`pause`, which forgets the per-process
+    readings: the first sample after a pause lists ``top_cpu`` empty, as on start.
     """
 
     name = "processes"
+    on_demand = True
 
     def __init__(self, top_n: int = 5, ps: ModuleType | Any = psutil) -> None:
         self._ps = ps
         self._top_n = top_n
         self._table = ProcessTable(ps)
+
+    def pause(self) -> None:
+        """Forget what was read: CPU shares over a pause would mislead."""
+        self._table = ProcessTable(self._ps)
 
     def collect(self, now: float) -> dict[str, Any]:
         pids = self._ps.pids()

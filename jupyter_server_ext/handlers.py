@@ -294,8 +294,12 @@ class StatusAPIHandler(_SysmonAuthMixin, APIHandler):
             metrics = parse_metrics(self.get_argument("metrics", ""), ext.metrics)
         except ProtocolError as err:
             raise web.HTTPError(400, err.message) from None
-        latest = ext.broadcaster.latest
-        if latest is None:
+        ext.want(metrics)
+        answer = ext.status_for_api(metrics)
+        if answer is None:
             raise web.HTTPError(503, "no sample taken yet; try again in a moment")
+        obj, stale_warning = answer
         self.set_header("Cache-Control", "no-store")
-        self.finish(dumps(latest.subset(metrics).to_json()))
+        if stale_warning is not None:
+            self.set_header("Warning", stale_warning)
+        self.finish(dumps(obj))

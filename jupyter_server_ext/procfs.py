@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CollectorError
+
 AVAILABLE = sys.platform.startswith("linux") and os.path.isfile("/proc/self/stat")
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if AVAILABLE else 100
@@ -72,11 +74,17 @@ def meminfo(path: str = "/proc/meminfo") -> MemInfo:
     (psutil uses it too; kernels before 3.14 lack it: then free + buffers + cached)."""
     values: dict[bytes, int] = {}
     with open(path, "rb") as f:
-        for line in f:
-            name, _, rest = line.partition(b":")
-            parts = rest.split()
-            if parts:
-                values[name] = int(parts[0]) * 1024  # kB
+        try:
+            for line in f:
+                name, _, rest = line.partition(b":")
+                parts = rest.split()
+                if parts:
+                    values[name] = int(parts[0]) * 1024  # kB
+        except ValueError:
+            raise CollectorError(f"cannot parse {path}: {line[:60]!r}") from None
+    for needed in (b"MemTotal", b"MemFree"):
+        if needed not in values:
+            raise CollectorError(f"{path} has no {needed.decode()} line")
     available = values.get(b"MemAvailable")
     if available is None:
         available = values[b"MemFree"] + values.get(b"Buffers", 0) + values.get(b"Cached", 0)
@@ -123,10 +131,13 @@ class DiskStats:
                 fields = line.split()
                 if len(fields) < 10 or fields[2] not in disks:
                     continue
-                read_ops += int(fields[3])
-                read_sectors += int(fields[5])
-                write_ops += int(fields[7])
-                write_sectors += int(fields[9])
+                try:
+                    read_ops += int(fields[3])
+                    read_sectors += int(fields[5])
+                    write_ops += int(fields[7])
+                    write_sectors += int(fields[9])
+                except ValueError:
+                    raise CollectorError(f"cannot parse {self._path}: {line[:60]!r}") from None
         return DiskTotals(
             read_bytes=read_sectors * SECTOR_BYTES,
             write_bytes=write_sectors * SECTOR_BYTES,
@@ -146,8 +157,11 @@ def cpu_ticks(path: str = "/proc/stat") -> tuple[tuple[int, int], list[tuple[int
             if not line.startswith(b"cpu"):
                 break
             fields = line.split()
-            values = [int(v) for v in fields[1:9]]  # user .. steal
-            ticks = (sum(values), values[3] + (values[4] if len(values) > 4 else 0))
+            try:
+                values = [int(v) for v in fields[1:9]]  # user .. steal
+                ticks = (sum(values), values[3] + (values[4] if len(values) > 4 else 0))
+            except (ValueError, IndexError):
+                raise CollectorError(f"cannot parse {path}: {line[:60]!r}") from None
             if fields[0] == b"cpu":
                 overall = ticks
             else:
@@ -164,10 +178,13 @@ def net_counters(path: str = "/proc/net/dev") -> dict[str, tuple[int, int, int, 
             if not colon:
                 continue  # the two header lines
             fields = rest.split()
-            counters[name.strip().decode()] = (
-                int(fields[0]),
-                int(fields[8]),
-                int(fields[1]),
-                int(fields[9]),
-            )
+            try:
+                counters[name.strip().decode()] = (
+                    int(fields[0]),
+                    int(fields[8]),
+                    int(fields[1]),
+                    int(fields[9]),
+                )
+            except (ValueError, IndexError):
+                raise CollectorError(f"cannot parse {path}: {line[:60]!r}") from None
     return counters

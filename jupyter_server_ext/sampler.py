@@ -1,13 +1,32 @@
-"""The sampler: one worker thread that runs every collector each ``interval`` seconds.
+"""The sampler: collectors run every ``interval`` seconds, each within a deadline.
 
 A collector is any object with a ``name`` (its metric group) and a
 ``collect(now) -> dict`` method, where ``now`` is a monotonic timestamp for rates. The
 collectors themselves live in :mod:`.collectors`, :mod:`.cgroup` and :mod:`.gpu`; this
-module holds the loop and the helpers they share (:class:`Rates`).
+module holds the loop, the deadlines and the helpers they share (:class:`Rates`).
+
+Two threads of ours do the work, neither on the server's event loop:
+
+- the *scheduler* (``sysmon-sampler``) keeps the tick schedule and publishes samples. It
+  never runs collector code, so nothing a collector does can stretch a tick: a tick
+  whose whole slot has passed is skipped and counted in ``skipped_ticks``;
+- the *runner* (``sysmon-collect-N``) runs one tick's collectors in turn, each call
+  registered with the :class:`CallGuard`. A tick costs one hand-over to the runner and
+  one back (about 20 us), where a worker per collector would cost one per collector.
+
+When the runner misses a tick's deadline (``collector_timeout``, at most the interval),
+the scheduler gives up on the call it is in: that call is *stuck*, its thread is left to
+it (a daemon thread: shutdown never waits on it), and a new runner finishes the tick
+without it. A stuck call is remembered by its key (a collector's name, or
+``disk:<mount>`` for a filesystem call on one mount): no call with that key is started
+again until it returns, so whatever hangs, the sampler holds at most one thread per
+stuck thing. The group of a collector that missed the deadline carries its last good
+reading and is listed in ``stale``; ``errors`` says why in words.
 
 Failures are contained per collector: one that raises is reported in the sample's
-``errors`` and the others still publish. The loop never dies, never runs on the
-server's event loop, and skips ticks it is too slow for instead of piling them up.
+``errors`` and the others still publish. Logs go to the logger given (the extension's
+``self.log``): one line when a collector starts failing, gets stuck or is late, one
+when it recovers or returns.
 """
 
 from __future__ import annotations
@@ -15,21 +34,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sysmon_nb.protocol import Status
 
 from .errors import CollectorError
 
-log = logging.getLogger("sysmon_nb.sampler")
+#: The logger used when none is given (tests; the extension passes its own ``self.log``).
+default_log = logging.getLogger("sysmon_nb.sampler")
 
 #: How often the same collector failure is logged again while it persists (s).
 LOG_REPEAT_INTERVAL = 300.0
+#: Longest default deadline for one tick's collectors (s); see ``collector_timeout``.
+MAX_DEFAULT_TIMEOUT = 2.0
+#: After a stuck call is given up on, the rest of the tick gets this share of the deadline.
+RESUME_SHARE = 0.25
+#: Most stuck calls given up on in one tick, a bound on the scheduler's loop.
+MAX_RESUMES = 64
 
 
 class Collector(Protocol):
-    """What the sampler needs of a collector."""
+    """What the sampler needs of a collector.
+
+    Optional parts, looked up with ``getattr``: ``on_demand = True`` (run only while
+    someone wants the group: see ``wanted`` in :class:`Sampler`), ``pause()`` (called
+    when an on-demand group stops being wanted: drop what was kept), ``guard`` (set to
+    the sampler's :class:`CallGuard` for calls that may hang), ``close()``.
+    """
 
     name: str
 
@@ -70,27 +102,248 @@ def sum_known(values: Iterable[float | None]) -> float | None:
     return sum(known) if known else None
 
 
-class _FailureLog:
-    """Logs a collector's failure once, then again only every LOG_REPEAT_INTERVAL."""
+# -- deadlines ------------------------------------------------------------------------
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+
+class Stuck(CollectorError):
+    """A call was not started because the previous call with its key has not returned."""
+
+    def __init__(self, what: str, running_s: float) -> None:
+        super().__init__(f"{what} has not returned for {running_s:.0f} s")
+        self.what = what
+        self.running_s = running_s
+
+
+class _Abandoned(BaseException):
+    """Raised in a runner whose call returned after it was given up on: it unwinds the
+    thread (a ``BaseException``, so that no collector's ``except Exception`` keeps it)."""
+
+
+class _Call:
+    __slots__ = ("abandoned", "key", "logged", "started", "thread", "what")
+
+    def __init__(self, key: str, what: str, started: float, thread: int) -> None:
+        self.key = key
+        self.what = what
+        self.started = started
+        self.thread = thread
+        self.abandoned = False
+        self.logged = False  # its "did not answer" line was logged: log its return too
+
+
+class CallGuard:
+    """Knows every guarded call in progress, which thread makes it, and which are stuck.
+
+    ``call(key, what, fn, *args)`` runs ``fn`` on the calling thread. At most one call
+    per key is in progress: while one is (a stuck filesystem call, say), another with the
+    same key raises :class:`Stuck` at once instead of starting. ``abandon(thread)`` gives
+    up on a thread's innermost call: when that call returns, its result is dropped, the
+    return is logged, and the thread unwinds.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, log: logging.Logger = default_log
+    ) -> None:
         self._clock = clock
-        self._last: dict[str, tuple[str, float, int]] = {}
+        self.log = log
+        self._lock = threading.Lock()
+        self._active: dict[str, _Call] = {}
+        self._stacks: dict[int, list[_Call]] = {}
+
+    def call(
+        self,
+        key: str,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_late: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """``fn(*args)``, registered under ``key``. If the call is given up on and later
+        returns a result, ``on_late(result)`` gets it (a late reading is still a reading)."""
+        thread = threading.get_ident()
+        with self._lock:
+            running = self._active.get(key)
+            if running is not None:
+                raise Stuck(what, self._clock() - running.started)
+            call = self._active[key] = _Call(key, what, self._clock(), thread)
+            stack = self._stacks.get(thread)
+            if stack is None:
+                stack = self._stacks[thread] = []
+            stack.append(call)
+        result: Any = None
+        try:
+            result = fn(*args)
+            return result
+        finally:
+            with self._lock:
+                if self._active.get(key) is call:
+                    del self._active[key]
+                stack.pop()
+                if not stack:
+                    del self._stacks[thread]
+            if call.abandoned:
+                if on_late is not None and result is not None:
+                    on_late(result)
+                if call.logged:
+                    self.log.info(
+                        "sysmon: %s returned after %.1f s; it is read again from the next tick",
+                        what,
+                        self._clock() - call.started,
+                    )
+                raise _Abandoned  # the thread is no longer a runner: unwind it
+
+    def abandon(self, thread: int) -> _Call | None:
+        """Give up on ``thread``'s innermost call (None if it is between calls)."""
+        with self._lock:
+            stack = self._stacks.get(thread)
+            if not stack:
+                return None
+            call = stack[-1]
+            call.abandoned = True
+            # The calls around it (the disk collector around one mount's call) are over
+            # for us: the thread will unwind through them without touching their state,
+            # so a new runner may make them again.
+            for outer in stack[:-1]:
+                if self._active.get(outer.key) is outer:
+                    del self._active[outer.key]
+            return call
+
+    def running_s(self, key: str) -> float | None:
+        """How long the call with ``key`` has been running, or None if none is."""
+        call = self._active.get(key)
+        return None if call is None else self._clock() - call.started
+
+    def busy(self, prefix: str) -> bool:
+        """Whether a call whose key starts with ``prefix`` is in progress."""
+        return any(k == prefix or k.startswith(prefix + ":") for k in list(self._active))
+
+    @property
+    def threads(self) -> int:
+        """Threads inside a guarded call right now."""
+        return len(self._stacks)
+
+
+class InlineGuard:
+    """The guard of a collector used outside a sampler (tests, one-off reads): calls
+    ``fn`` directly, with no deadline."""
+
+    def call(
+        self,
+        key: str,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_late: Callable[[Any], None] | None = None,
+    ) -> Any:
+        return fn(*args)
+
+
+INLINE = InlineGuard()
+
+
+class _Tick:
+    """One tick's work, shared by the scheduler and the runner(s) that run it."""
+
+    __slots__ = ("collectors", "done", "errors", "groups", "index", "late", "lock", "now")
+
+    def __init__(self, now: float, collectors: list[Collector]) -> None:
+        self.now = now
+        self.collectors = collectors
+        self.index = 0
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, str] = {}
+        self.late: dict[str, float] = {}  # stuck groups: how long their call has run
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+
+
+class _Runner:
+    """One runner thread: takes a tick, runs its collectors from ``tick.index`` on."""
+
+    def __init__(self, sampler: Sampler, number: int) -> None:
+        self._sampler = sampler
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self._job: _Tick | None = None
+        self.busy = False
+        self.retired = False
+        self.thread = threading.Thread(
+            target=self._run, name=f"sysmon-collect-{number}", daemon=True
+        )
+        self.thread.start()
+
+    def give(self, tick: _Tick | None) -> None:
+        """Run ``tick`` (None: exit). Only while not busy."""
+        self._job = tick
+        self.busy = tick is not None
+        self._ready.release()
+
+    def _run(self) -> None:
+        while True:
+            self._ready.acquire()
+            tick = self._job
+            if tick is None or self.retired:
+                self._sampler._runner_exits(self)
+                return
+            try:
+                self._sampler._run_tick(tick, self)
+            except _Abandoned:
+                return
+            self.busy = False
+            tick.done.set()
+            if self.retired or self._sampler._stop.is_set():
+                self._sampler._runner_exits(self)
+                return
+
+
+class _FailureLog:
+    """Logs a collector's failure once, a reminder every LOG_REPEAT_INTERVAL with how
+    often it failed since, and its recovery."""
+
+    def __init__(self, clock: Callable[[], float], log: logging.Logger) -> None:
+        self._clock = clock
+        self._log = log
+        # group -> (message, first failed at, last logged at, failures since logged)
+        self._last: dict[str, tuple[str, float, float, int]] = {}
 
     def failed(self, group: str, message: str, exc: BaseException) -> None:
         now = self._clock()
         last = self._last.get(group)
-        if last is not None and last[0] == message and now - last[1] < LOG_REPEAT_INTERVAL:
-            self._last[group] = (last[0], last[1], last[2] + 1)
+        internal = not isinstance(exc, (CollectorError, OSError))
+        if last is None:
+            self._log.warning("sysmon: collector %r failed: %s", group, message, exc_info=internal)
+            self._last[group] = (message, now, now, 0)
             return
-        repeats = f" (failed {last[2]} more times since last logged)" if last and last[2] else ""
-        internal = not isinstance(exc, CollectorError)
-        log.warning("sysmon collector %r failed: %s%s", group, message, repeats, exc_info=internal)
-        self._last[group] = (message, now, 0)
+        old, since, logged, count = last
+        if old != message:
+            self._log.warning(
+                "sysmon: collector %r failed: %s (before: %s, %d more times since logged)",
+                group,
+                message,
+                old,
+                count,
+                exc_info=internal,
+            )
+            self._last[group] = (message, since, now, 0)
+        elif now - logged >= LOG_REPEAT_INTERVAL:
+            self._log.warning(
+                "sysmon: collector %r still failing: %s (failed %d more times since %.0f s ago)",
+                group,
+                message,
+                count + 1,
+                now - logged,
+            )
+            self._last[group] = (message, since, now, 0)
+        else:
+            self._last[group] = (old, since, logged, count + 1)
 
     def recovered(self, group: str) -> None:
-        if self._last.pop(group, None) is not None:
-            log.info("sysmon collector %r recovered", group)
+        last = self._last.pop(group, None)
+        if last is not None:
+            self._log.info(
+                "sysmon: collector %r recovered after %.0f s of failures", group,
+                self._clock() - last[1],
+            )  # fmt: skip
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -104,14 +357,27 @@ def describe_failure(exc: BaseException) -> str:
         )
     text = str(exc)
     name = type(exc).__name__
-    return f"{name}: {text}" if text else name
+    return (
+        f"unexpected error ({name}: {text}); see the server log"
+        if text
+        else (f"unexpected error ({name}); see the server log")
+    )
+
+
+def default_timeout(interval: float) -> float:
+    """The deadline a tick's collectors get by default: the interval, at most 2 s."""
+    return min(interval, MAX_DEFAULT_TIMEOUT)
 
 
 class Sampler:
-    """Runs ``collectors`` every ``interval`` seconds on a worker thread.
+    """Runs ``collectors`` every ``interval`` seconds, each tick within ``timeout``.
 
-    Each finished :class:`Status` is handed to ``on_sample`` from the worker thread; the
-    caller moves it to its own event loop. ``start`` and ``stop`` are idempotent.
+    Each finished :class:`Status` is handed to ``on_sample`` from the scheduler thread;
+    the caller moves it to its own event loop. ``wanted``, if given, is asked once per
+    tick which groups someone wants: collectors with ``on_demand = True`` run only
+    while their group is among them (their group is absent from the sample otherwise).
+    ``timeout`` (default :func:`default_timeout`) is capped at the interval. ``start``
+    and ``stop`` are idempotent.
     """
 
     def __init__(
@@ -121,91 +387,286 @@ class Sampler:
         on_sample: Callable[[Status], None],
         host: str,
         *,
+        timeout: float | None = None,
+        wanted: Callable[[], Collection[str] | None] | None = None,
+        log: logging.Logger = default_log,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be > 0")
         self.collectors = list(collectors)
         self.interval = interval
+        self.timeout = min(interval, timeout if timeout is not None else default_timeout(interval))
         self.host = host
         self.skipped_ticks = 0
+        self.log = log
+        self.guard = CallGuard(clock, log)
+        for collector in self.collectors:
+            if hasattr(collector, "guard"):
+                collector.guard = self.guard
         self._on_sample = on_sample
+        self._wanted = wanted
         self._clock = clock
         self._wall_clock = wall_clock
+        self._started_at = clock()
         self._seq = 0
-        self._failures = _FailureLog(clock)
+        self._failures = _FailureLog(clock, log)
+        self._last_good: dict[str, tuple[dict[str, Any], float]] = {}
+        self._paused: set[str] = set()
+        self._late_logged: dict[str, tuple[float, int]] = {}
+        # readings of calls that returned after their tick was given up on (set by the
+        # thread that made the call, taken by the scheduler)
+        self._late_results: dict[str, tuple[dict[str, Any], float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._runner: _Runner | None = None
+        self._runners_started = 0
+        self._threads: list[threading.Thread] = []
+        self._tick: _Tick | None = None
         self._closed = False
+        self._close_lock = threading.Lock()
+        self._tick_lock = threading.Lock()  # one tick at a time (sample_once vs the loop)
+
+    # -- the tick ------------------------------------------------------------------------
 
     def sample_once(self) -> Status:
-        """Run every collector once and build the sample. Never raises for a collector."""
+        """Run every collector once (each within the deadline) and build the sample.
+        Never raises for a collector."""
+        with self._tick_lock:
+            return self._sample()
+
+    def _sample(self) -> Status:
         now = self._clock()
-        groups: dict[str, dict[str, Any]] = {}
-        errors: dict[str, str] = {}
+        wall = self._wall_clock()
+        wanted = self._wanted_now()
+        run: list[Collector] = []
         for collector in self.collectors:
-            try:
-                groups[collector.name] = collector.collect(now)
-            except Exception as exc:
-                message = describe_failure(exc)
-                errors[collector.name] = message
-                self._failures.failed(collector.name, message, exc)
-            else:
-                self._failures.recovered(collector.name)
+            if getattr(collector, "on_demand", False) and (
+                wanted is not None and collector.name not in wanted
+            ):
+                if collector.name not in self._paused:
+                    self._paused.add(collector.name)
+                    pause = getattr(collector, "pause", None)
+                    if pause is not None:
+                        pause()
+                continue
+            self._paused.discard(collector.name)
+            run.append(collector)
+        tick = self._tick = _Tick(now, run)
+        self._wait(tick, now + self.timeout)
+        with tick.lock:
+            tick.index = len(run)  # closed: a late runner writes nothing more
+            groups, errors = dict(tick.groups), dict(tick.errors)
+            late = dict(tick.late)
+        self._tick = None
+        for name in list(self._late_results):
+            reading = self._late_results.pop(name)
+            if reading[1] > self._last_good.get(name, (None, -1.0))[1]:
+                self._last_good[name] = reading
+        stale: dict[str, float] = {}
+        for collector in run:
+            name = collector.name
+            if name in groups:
+                self._last_good[name] = (groups[name], now)
+                continue
+            if name in errors and name not in late:
+                continue  # it answered, with an error
+            good = self._last_good.get(name)
+            stale[name] = round(now - (good[1] if good else self._started_at), 1)
+            if good is not None:
+                groups[name] = good[0]
+            running_s = late.get(name)
+            why = f"did not answer within {self.timeout:g} s"
+            if running_s is not None and running_s >= max(1.0, 2 * self.timeout):
+                why += f"; stuck for {running_s:.0f} s"
+            errors[name] = why
         self._seq += 1
         return Status(
             seq=self._seq,
-            time=self._wall_clock(),
+            time=wall,
             host=self.host,
             interval=self.interval,
             groups=groups,
             errors=errors,
+            stale=stale,
             skipped_ticks=self.skipped_ticks,
         )
 
+    def _wanted_now(self) -> Collection[str] | None:
+        if self._wanted is None:
+            return None
+        try:
+            return self._wanted()
+        except Exception:
+            self.log.exception("sysmon: asking which groups are wanted failed; sampling all")
+            return None
+
+    def _wait(self, tick: _Tick, deadline: float) -> None:
+        """Hand ``tick`` to the runner and wait until it is done or its deadline passes;
+        past the deadline, give up on the call the runner is in and let a new runner
+        finish the tick without it."""
+        runner = self._runner_for(tick)
+        for _ in range(MAX_RESUMES):
+            if tick.done.wait(max(0.0, deadline - self._clock())) or self._stop.is_set():
+                return
+            call = self.guard.abandon(runner.thread.ident or 0)
+            if call is not None:
+                runner.retired = True
+                self._runner = None
+                self._log_late(call)
+                runner = self._runner_for(tick)
+            deadline = self._clock() + RESUME_SHARE * self.timeout
+        self.log.warning("sysmon: tick given up after %d stuck calls", MAX_RESUMES)
+
+    def _log_late(self, call: _Call) -> None:
+        """One line when a call misses its deadline; for a call that is late again and
+        again (a slow collector), a reminder every LOG_REPEAT_INTERVAL with the count."""
+        now = self._clock()
+        logged_at, count = self._late_logged.get(call.key, (None, 0))
+        if logged_at is not None and now - logged_at < LOG_REPEAT_INTERVAL:
+            self._late_logged[call.key] = (logged_at, count + 1)
+            return
+        again = f" (late {count} more times since last logged)" if count else ""
+        self.log.warning(
+            "sysmon: %s did not answer within %g s; it is left running and reported "
+            "stale until it returns%s",
+            call.what,
+            self.timeout,
+            again,
+        )
+        call.logged = True
+        self._late_logged[call.key] = (now, 0)
+
+    def _runner_for(self, tick: _Tick) -> _Runner:
+        runner = self._runner
+        if runner is None or runner.busy or not runner.thread.is_alive():
+            if runner is not None:
+                runner.retired = True  # busy with a tick given up on: let it finish alone
+            self._runners_started += 1
+            runner = self._runner = _Runner(self, self._runners_started)
+            self._threads.append(runner.thread)
+        runner.give(tick)
+        return runner
+
+    def _run_tick(self, tick: _Tick, runner: _Runner) -> None:
+        """On a runner: run the tick's collectors from ``tick.index`` on."""
+        guard = self.guard
+        while True:
+            with tick.lock:
+                if tick.index >= len(tick.collectors) or runner.retired:
+                    return
+                collector = tick.collectors[tick.index]
+            name = collector.name
+
+            def late(result: Any, name: str = name, at: float = tick.now) -> None:
+                self._late_results[name] = (result, at)
+
+            try:
+                result = guard.call(
+                    name, f"collector {name!r}", collector.collect, tick.now, on_late=late
+                )
+            except Stuck as stuck:
+                with tick.lock:
+                    tick.late[name] = stuck.running_s
+            except Exception as exc:
+                message = describe_failure(exc)
+                with tick.lock:
+                    tick.errors[name] = message
+                self._failures.failed(name, message, exc)
+            else:
+                with tick.lock:
+                    if tick.index < len(tick.collectors):
+                        tick.groups[name] = result
+                self._failures.recovered(name)
+            with tick.lock:
+                if tick.index < len(tick.collectors) and tick.collectors[tick.index] is collector:
+                    tick.index += 1
+
+    def _runner_exits(self, runner: _Runner) -> None:
+        """On a runner told to exit: close the collectors if the sampler is stopping and
+        none of them is still in a call (a stuck call keeps its collector open)."""
+        if self._stop.is_set():
+            self._close_collectors()
+
+    # -- the loop ------------------------------------------------------------------------
+
     def start(self) -> None:
-        """Start the worker thread (once)."""
+        """Start the scheduler thread (once)."""
         if self._thread is not None:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sysmon-sampler", daemon=True)
         self._thread.start()
+        self._threads.append(self._thread)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to stop and wait up to ``timeout`` seconds for it. Idempotent."""
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop sampling and close the collectors. Waits at most about ``timeout``
+        seconds, never for a stuck call (whose thread is a daemon). Idempotent."""
         self._stop.set()
+        tick = self._tick
+        if tick is not None:
+            tick.done.set()
+        deadline = self._clock() + timeout
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        if self._closed:
+            thread.join(max(0.0, deadline - self._clock()))
+        runner, self._runner = self._runner, None
+        if runner is None:
+            self._close_collectors()
             return
-        self._closed = True
+        if not runner.busy:
+            runner.give(None)  # it closes the collectors, then exits
+        # a busy runner closes them after its tick; a stuck one is not waited for
+        runner.thread.join(max(0.0, deadline - self._clock()))
+
+    def _close_collectors(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         for collector in self.collectors:
             close = getattr(collector, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.debug("closing collector %r failed", collector.name, exc_info=True)
+            if close is None:
+                continue
+            if self.guard.busy(collector.name):
+                self.log.debug("sysmon: collector %r is in a call; not closed", collector.name)
+                continue
+            try:
+                close()
+            except Exception:
+                self.log.debug("sysmon: closing collector %r failed", collector.name, exc_info=True)
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """This sampler's live threads (scheduler, runner, threads in stuck calls)."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return list(self._threads)
+
     def _run(self) -> None:
         next_tick = self._clock()
         while not self._stop.is_set():
             try:
-                status = self.sample_once()
+                with self._tick_lock:
+                    status = self._sample()
+                if self._stop.is_set():
+                    return
                 self._on_sample(status)
             except Exception:  # the loop must survive a failing consumer too
-                log.exception("sysmon sampler tick failed")
+                self.log.exception("sysmon: sampler tick failed")
             next_tick += self.interval
             now = self._clock()
-            if now >= next_tick:
-                # Too slow for the interval: drop the ticks we missed, never queue them.
-                missed = int((now - next_tick) // self.interval) + 1
+            if now >= next_tick + self.interval:
+                # A whole slot passed without its tick (the machine stalled): skip the
+                # ticks whose slots are over, never queue them. A tick that is only late
+                # within its slot runs at once.
+                missed = int((now - next_tick) // self.interval)
                 self.skipped_ticks += missed
                 next_tick += missed * self.interval
-            self._stop.wait(next_tick - now)
+            self._stop.wait(max(0.0, next_tick - now))

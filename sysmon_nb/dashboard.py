@@ -312,6 +312,7 @@ class SysmonDashboard(widgets.VBox):
             f"<span style='color:{color}'>● {html.escape(state)}</span>",
             f"every {interval:g} s" if interval else "",
             f"last sample {age}",
+            stale_text(self.samples[-1]) if self.samples else "",
             f"{len(self.samples)} samples in the last {self.window / 60:g} min",
         ]
         self.header.value = (
@@ -459,6 +460,18 @@ class SysmonDashboard(widgets.VBox):
             return ""
         items = " · ".join(html.escape(w) for w in found)
         return f"<div style='color:{_WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
+
+
+def stale_text(sample: Status) -> str:
+    """The header's note on stale data: ``"stale: disk (14 s)"`` for each group whose
+    collector missed its deadline, and the mounts whose filesystem calls are stuck;
+    empty when all is fresh."""
+    parts = [f"{group} ({seconds:.0f} s)" for group, seconds in sorted(sample.stale.items())]
+    mounts = sample.groups.get("disk", {}).get("mounts") or ()
+    parts += [f"mount {m.get('path')} stuck" for m in mounts if m.get("stuck")]
+    if not parts:
+        return ""
+    return f"<span style='color:{_WARN_COLOR}'>stale: {html.escape(', '.join(parts))}</span>"
 
 
 def warnings_for(sample: Status) -> list[str]:

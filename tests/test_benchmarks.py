@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_part_of_the_issue_has_a_module_and_a_title() -> None:
-    assert list(PARTS) == ["sampler", "fanout", "compression", "slow", "peers", "widget"]
+    assert list(PARTS) == ["sampler", "fanout", "compression", "slow", "peers", "widget", "idle"]
     listing = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--list"],
         cwd=ROOT,
@@ -53,15 +53,16 @@ def test_delivery_counts_lost_and_reordered_frames() -> None:
     assert d.wire_per_frame == pytest.approx(1000.0)
 
 
+@pytest.mark.timeout(120)
 def test_the_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    parts = ["sampler", "fanout", "widget"]
+    parts = ["sampler", "fanout", "widget", "idle"]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", *parts, "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=55,
+        timeout=115,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "[fanout]" in run.stdout and "goal <= 25 us" in run.stdout
@@ -76,3 +77,5 @@ def test_the_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert "121 points in the window" in widget_cpu["reason"]  # 10 min at 5 s, trimmed
     widget_bytes = by_name["bytes to the front end per update (median)"]
     assert widget_bytes["value"] > 0 and widget_bytes["reference_name"] == "its status frame"
+    idle = by_name["idle server CPU per tick, 200 extra processes on the host"]
+    assert idle["value"] > 0 and idle["reference"] > 0 and idle["met"] is not None

@@ -194,8 +194,15 @@ FIELDS = {
 
 def test_this_machine() -> None:
     result = ContainerCollector().collect(0.0)
-    assert result["cgroup"] in (1, 2, None)
     assert set(result) == FIELDS
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").is_file():
+        assert result["cgroup"] == 2
+    elif (root / "memory").is_dir():
+        assert result["cgroup"] == 1
+        assert result["memory_used_bytes"] > 0  # this process uses memory
+    else:
+        assert result["cgroup"] is None
 
 
 # -- counters: CPU use, throttling, OOM kills, pressure --------------------------------
@@ -333,3 +340,36 @@ def test_this_machine_counters_move() -> None:
     assert second["cpu_usage_cores"] is not None and second["cpu_usage_cores"] > 0
     assert isinstance(second["oom_kills"], int) and second["oom_kills"] >= 0
     assert second["cpu_throttled_percent"] is not None
+
+
+@pytest.mark.parametrize(
+    ("files", "proc", "shown"),
+    [
+        (
+            {"cgroup.controllers": "cpu", "a/cpu.max": "100 0", "a/memory.current": "1"},
+            "0::/a\n",
+            r"^cpu\.max has a zero period \(.*/a/cpu\.max\)$",
+        ),
+        (
+            {"cpu/cpu.cfs_quota_us": "100", "cpu/cpu.cfs_period_us": "0"},
+            "1:cpu:/\n",
+            r"^cpu\.cfs_period_us has a zero period",
+        ),
+        (
+            {"cgroup.controllers": "memory", "a/memory.max": "lots", "a/memory.current": "1"},
+            "0::/a\n",
+            r"^cannot read .*/a/memory\.max: not a number: 'lots'$",
+        ),
+        (
+            {"memory/memory.limit_in_bytes": "1000", "memory/memory.usage_in_bytes": "x y"},
+            "4:memory:/\n",
+            r"memory\.usage_in_bytes: not a number",
+        ),
+    ],
+)
+def test_broken_files_are_errors_in_words(
+    tmp_path: Path, files: dict[str, str], proc: str, shown: str
+) -> None:
+    write(tmp_path / "cg", files)
+    with pytest.raises(CollectorError, match=shown):
+        collector(tmp_path, proc).collect(0.0)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from collections import namedtuple
 from contextlib import contextmanager
 from pathlib import Path
@@ -359,13 +362,38 @@ def test_process_table_forgets_exited_pids() -> None:
 
 
 def test_processes_against_this_machine() -> None:
-    collector = ProcessesCollector(top_n=3)
-    collector.collect(0.0)
-    result = collector.collect(1.0)
-    assert result["count"] >= 1
-    assert os.getpid() in psutil.pids()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        collector = ProcessesCollector(top_n=3)  # the real psutil: the /proc path
+        collector.collect(time.monotonic())
+        deadline = time.monotonic() + 30
+        while True:
+            time.sleep(0.3)
+            result = collector.collect(time.monotonic())
+            top_cpu = {p["pid"]: p for p in result["top_cpu"]}
+            if busy.pid in top_cpu and top_cpu[busy.pid]["cpu_percent"] > 20:
+                break
+            assert time.monotonic() < deadline, result["top_cpu"]
+    finally:
+        busy.kill()
+        busy.wait(10)
+    assert top_cpu[busy.pid]["cpu_percent"] <= 100 * (os.cpu_count() or 1) + 10
+    assert top_cpu[busy.pid]["name"].startswith("python")
+    assert result["count"] == pytest.approx(len(psutil.pids()), abs=20)
     assert len(result["top_memory"]) == 3
-    assert all(p["rss_bytes"] >= 0 for p in result["top_memory"])
+    rss = [p["rss_bytes"] for p in result["top_memory"]]
+    assert rss == sorted(rss, reverse=True) and rss[-1] > 0
+
+
+def test_processes_run_on_demand_and_forget_readings_when_paused() -> None:
+    ps = FakePsutil()
+    make_processes(ps)
+    collector = ProcessesCollector(top_n=2, ps=ps)
+    assert collector.on_demand
+    collector.collect(0.0)
+    collector.pause()
+    # after a pause every process is read afresh: no CPU share over the pause
+    assert collector.collect(1.0)["top_cpu"] == []
 
 
 # -- jupyter --------------------------------------------------------------------------

@@ -241,6 +241,18 @@ def test_header_shows_state_interval_and_age() -> None:
     assert "refused: HTTP 403: not an administrator" in dash.header.value
 
 
+def test_header_says_which_groups_are_stale() -> None:
+    dash = SysmonDashboard()
+    dash.update(hello(interval=0.5))
+    dash.update(sample(1, 1000.0))
+    assert "stale" not in dash.header.value
+    mounts = [{"path": "/", "stuck": False}, {"path": "/nfs", "stuck": True}]
+    late = Status(seq=2, time=1000.5, host="box", interval=0.5, stale={"disk": 14.2, "gpu": 3.0},
+                  groups={"disk": {"mounts": mounts}})  # fmt: skip
+    dash.update(late)
+    assert "stale: disk (14 s), gpu (3 s), mount /nfs stuck" in dash.header.value
+
+
 def test_metrics_limit_the_charts() -> None:
     dash = SysmonDashboard(metrics=["cpu", "memory"])
     assert list(dash.charts) == ["cpu", "memory"]

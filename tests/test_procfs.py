@@ -19,6 +19,7 @@ from jupyter_server_ext.collectors import (
     NetworkCollector,
     ProcessTable,
 )
+from jupyter_server_ext.errors import CollectorError
 
 pytestmark = pytest.mark.skipif(
     not procfs.AVAILABLE and not os.environ.get("CI"), reason="Linux /proc only"
@@ -96,8 +97,9 @@ def test_disk_collector_reads_the_same_counters_as_psutil() -> None:
     before = psutil.disk_io_counters(perdisk=False)
     ours = procfs.DiskStats().read()
     after = psutil.disk_io_counters(perdisk=False)
-    if before is None:
-        return  # no disk at all: nothing to compare
+    if before is None:  # no disk at all: psutil has no counters, ours sum to nothing
+        assert ours == procfs.DiskTotals(0, 0, 0, 0)
+        return
     assert before.read_count <= ours.read_ops <= after.read_count
     assert before.write_count <= ours.write_ops <= after.write_count
     assert DiskCollector().collect(0.0)["mounts"]
@@ -170,3 +172,101 @@ def test_net_counters_match_psutil(tmp_path: Path) -> None:
         assert recv_bytes <= theirs[nic].bytes_recv + 10_000_000
     first = NetworkCollector().collect(0.0)
     assert first["recv_bytes_per_s"] is None  # no rate on a first reading
+
+
+# -- the collectors' /proc path against files with known numbers ---------------------
+
+
+def test_cpu_busy_share_on_the_proc_path_from_a_known_pair(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    collector = CpuCollector(stat_path=str(stat))  # the real psutil: the /proc path
+    stat.write_text(
+        "cpu  100 0 100 800 0 0 0 0 0 0\n"
+        "cpu0 50 0 50 400 0 0 0 0 0 0\n"
+        "cpu1 50 0 50 400 0 0 0 0 0 0\n"
+    )
+    assert collector.collect(0.0)["percent"] is None
+    # +700 ticks: user +300, idle +300, iowait +100 (idle too): 300 of 700 busy
+    stat.write_text(
+        "cpu  400 0 100 1100 100 0 0 0 0 0\n"
+        "cpu0 350 0 50 400 0 0 0 0 0 0\n"  # +300, all busy
+        "cpu1 50 0 50 700 100 0 0 0 0 0\n"  # +400, all idle (300 idle + 100 iowait)
+    )
+    result = collector.collect(1.0)
+    assert result["percent"] == 42.9
+    assert result["per_cpu"] == [100.0, 0.0]
+    assert result["count"] == 2
+
+
+def test_memory_on_the_proc_path_from_a_known_file(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 250 kB\n"
+        "SwapTotal: 400 kB\nSwapFree: 300 kB\n"
+    )
+    (tmp_path / "memory").write_text(
+        "some avg10=1.50 avg60=0.00 avg300=0.00 total=0\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
+    collector = MemoryCollector(meminfo_path=str(meminfo), pressure_root=tmp_path)
+    result = collector.collect(0.0)
+    assert result == {
+        "total_bytes": 1_024_000,
+        "available_bytes": 256_000,
+        "used_bytes": 768_000,
+        "percent": 75.0,
+        "swap_total_bytes": 409_600,
+        "swap_used_bytes": 102_400,
+        "swap_percent": 25.0,
+        "pressure": 1.5,
+    }
+
+
+def test_network_on_the_proc_path_from_a_known_pair(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    header = "Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n"
+    collector = NetworkCollector(net_dev_path=str(dev))
+    dev.write_text(header + "lo: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+                   "eth0: 1000 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n")  # fmt: skip
+    assert collector.collect(0.0)["recv_bytes_per_s"] is None
+    dev.write_text(header + "lo: 9999 9 0 0 0 0 0 0 9999 9 0 0 0 0 0 0\n"
+                   "eth0: 5000 14 0 0 0 0 0 0 2600 23 0 0 0 0 0 0\n")  # fmt: skip
+    result = collector.collect(2.0)
+    assert result == {
+        "recv_bytes_per_s": 2000.0,
+        "sent_bytes_per_s": 300.0,
+        "recv_packets_per_s": 2.0,
+        "sent_packets_per_s": 1.5,
+    }
+
+
+def test_disk_rates_on_the_proc_path_from_a_known_pair(tmp_path: Path) -> None:
+    (tmp_path / "block" / "vda").mkdir(parents=True)
+    stats = tmp_path / "diskstats"
+    stats.write_text(" 252 0 vda 10 0 80 0 20 0 160 0 0 0 0\n")
+    collector = DiskCollector(diskstats=procfs.DiskStats(str(stats), str(tmp_path / "block")))
+    assert collector.collect(0.0)["read_bytes_per_s"] is None
+    stats.write_text(" 252 0 vda 14 0 96 0 30 0 560 0 0 0 0\n")
+    result = collector.collect(4.0)
+    assert result["read_ops_per_s"] == 1.0 and result["write_ops_per_s"] == 2.5
+    assert result["read_bytes_per_s"] == 16 * 512 / 4 and result["write_bytes_per_s"] == 400 * 128
+    assert any(m["path"] == "/" and m["free_bytes"] > 0 for m in result["mounts"])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "shown"),
+    [
+        ("meminfo", "MemFree: 100 kB\n", r"has no MemTotal line"),
+        ("meminfo", "MemTotal: lots kB\n", r"cannot parse .*meminfo"),
+        ("stat", "cpu  1 2 x 4\n", r"cannot parse .*stat"),
+        ("dev", "h\nh\neth0: 1 2\n", r"cannot parse .*dev"),
+    ],
+)
+def test_broken_proc_files_are_errors_in_words(
+    tmp_path: Path, name: str, text: str, shown: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    read = {"meminfo": procfs.meminfo, "stat": procfs.cpu_ticks, "dev": procfs.net_counters}
+    with pytest.raises(CollectorError, match=shown):
+        read[name](str(path))

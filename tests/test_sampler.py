@@ -1,4 +1,6 @@
-"""The sampler loop: containment of failures, rates, skipped ticks, stop."""
+"""The sampler: containment of failures, rates, the tick schedule and skipped ticks,
+deadlines (stale groups, stuck collectors and mounts, bounded threads), on-demand groups,
+logs, stop."""
 
 from __future__ import annotations
 
@@ -6,12 +8,21 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any
+from collections import namedtuple
+from typing import Any, ClassVar
 
 import pytest
 
+from jupyter_server_ext.collectors import DiskCollector
 from jupyter_server_ext.errors import CollectorError
-from jupyter_server_ext.sampler import Rates, Sampler, describe_failure, sum_known
+from jupyter_server_ext.sampler import (
+    LOG_REPEAT_INTERVAL,
+    Rates,
+    Sampler,
+    default_timeout,
+    describe_failure,
+    sum_known,
+)
 from sysmon_nb.protocol import Status
 
 
@@ -106,26 +117,115 @@ def test_one_failing_collector_leaves_the_others_publishing() -> None:
             "FileNotFoundError: No such file or directory (/proc/diskstats)",
         ),
         (CollectorError("cannot read x"), "cannot read x"),
-        (KeyError("total"), "KeyError: 'total'"),
-        (RuntimeError(), "RuntimeError"),
+        (KeyError("total"), "unexpected error (KeyError: 'total'); see the server log"),
+        (RuntimeError(), "unexpected error (RuntimeError); see the server log"),
     ],
 )
 def test_failure_descriptions_have_no_traceback(exc: BaseException, shown: str) -> None:
     assert describe_failure(exc) == shown
 
 
-def test_failures_are_logged_once_not_every_tick(caplog: pytest.LogCaptureFixture) -> None:
+class Hung:
+    """A collector whose ``collect`` blocks until ``release`` is set, from its
+    ``good``-th call on (the calls before answer at once)."""
+
+    def __init__(self, name: str = "container", good: int = 0) -> None:
+        self.name = name
+        self.good = good
+        self.calls = 0
+        self.closed = False
+        self.release = threading.Event()
+
+    def collect(self, now: float) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls > self.good:
+            assert self.release.wait(30), "never released"
+        return {"call": self.calls}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeDisks:
+    """psutil's disk functions for :class:`DiskCollector`; ``disk_usage`` on ``hung``
+    blocks until ``release`` is set, as a call on a stale NFS mount does."""
+
+    def __init__(self, hung: str) -> None:
+        self.hung = hung
+        self.release = threading.Event()
+        self.usage_calls: dict[str, int] = {}
+
+    def disk_partitions(self, all: bool = False) -> list[Any]:
+        part = namedtuple("sdiskpart", "device mountpoint fstype opts")
+        return [part("/dev/a", "/", "ext4", "rw"), part("srv:/x", "/nfs", "nfs4", "rw")]
+
+    def disk_usage(self, path: str) -> Any:
+        self.usage_calls[path] = self.usage_calls.get(path, 0) + 1
+        if path == self.hung and self.usage_calls[path] > 1:
+            assert self.release.wait(30), "never released"
+        usage = namedtuple("sdiskusage", "total used free percent")
+        return usage(1000, 250, 700, 25.0)
+
+    def disk_io_counters(self, perdisk: bool = False) -> Any:
+        return None
+
+
+def recording_log(name: str) -> tuple[logging.Logger, list[logging.LogRecord]]:
+    """A logger of our own (as the extension passes its ``self.log``) and its records."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    log = logging.getLogger(f"test.sampler.{name}")
+    log.handlers[:] = [Keep()]
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    return log, records
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def messages(records: list[logging.LogRecord], level: int | None = None) -> list[str]:
+    return [r.getMessage() for r in records if level is None or r.levelno == level]
+
+
+def test_failures_are_logged_once_with_true_repeat_counts_and_recovery() -> None:
+    clock = [1000.0]
+    log, records = recording_log("failures")
     failing = Failing("container", PermissionError(13, "Permission denied", "/sys/x"))
-    sampler = Sampler([failing], interval=1.0, on_sample=lambda s: None, host="h")
-    with caplog.at_level(logging.INFO, logger="sysmon_nb.sampler"):
-        for _ in range(50):
-            sampler.sample_once()
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1
-        assert "container" in warnings[0].getMessage()
-        failing.collect = lambda now: {}  # type: ignore[method-assign]
+    sampler = Sampler(
+        [failing], interval=1.0, on_sample=lambda s: None, host="h", log=log,
+        clock=lambda: clock[0],
+    )  # fmt: skip
+    for _ in range(5):
         sampler.sample_once()
-        assert any("recovered" in r.getMessage() for r in caplog.records)
+    assert len(messages(records, logging.WARNING)) == 1
+    assert "'container' failed: PermissionError" in messages(records)[0]
+    clock[0] += LOG_REPEAT_INTERVAL
+    sampler.sample_once()  # the 6th failure: a reminder counting the 5 since the first line
+    reminder = messages(records, logging.WARNING)[-1]
+    assert "still failing" in reminder and "failed 5 more times" in reminder, reminder
+    sampler.sample_once()
+    sampler.sample_once()
+    failing.exc = CollectorError("cpu.max has a zero period")
+    sampler.sample_once()  # a new message: the 2 repeats belong to the old one
+    changed = messages(records, logging.WARNING)[-1]
+    assert changed.startswith("sysmon: collector 'container' failed: cpu.max has a zero period")
+    assert "before: PermissionError" in changed and "2 more times" in changed, changed
+    assert len(messages(records, logging.WARNING)) == 3
+    failing.collect = lambda now: {}  # type: ignore[method-assign]
+    sampler.sample_once()
+    sampler.sample_once()
+    recovered = [m for m in messages(records, logging.INFO) if "recovered" in m]
+    assert len(recovered) == 1 and "'container'" in recovered[0]
+    sampler.stop()
 
 
 def test_loop_runs_at_the_interval_on_a_worker_thread() -> None:
@@ -139,10 +239,17 @@ def test_loop_runs_at_the_interval_on_a_worker_thread() -> None:
             threads.add(threading.get_ident())
             return {}
 
-    samples = collect_samples({"collectors": [Where()], "interval": 0.05}, until=5)
+    interval = 0.05
+    samples = collect_samples({"collectors": [Where()], "interval": interval}, until=10)
     assert main not in threads
     seqs = [s.seq for s in samples]
-    assert seqs == sorted(seqs)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    span = samples[-1].time - samples[0].time
+    ticks = len(samples) - 1 + samples[-1].skipped_ticks - samples[0].skipped_ticks
+    # the ticks keep the schedule: neither faster than the interval nor much slower
+    assert span >= 0.9 * interval * ticks, (span, ticks)
+    assert span <= 3 * interval * (len(samples) - 1), span
+    assert all(s.interval == interval for s in samples)
 
 
 def test_loop_survives_collectors_and_consumers_that_raise() -> None:
@@ -171,33 +278,218 @@ def test_loop_survives_collectors_and_consumers_that_raise() -> None:
     finally:
         sampler.stop()
     assert not sampler.running
-    assert all(s.errors == {"cpu": "ValueError: bad"} for s in samples)
+    assert all(
+        s.errors == {"cpu": "unexpected error (ValueError: bad); see the server log"}
+        for s in samples
+    )
 
 
-def test_slow_ticks_are_skipped_not_piled_up() -> None:
+def test_a_slow_collector_neither_stretches_ticks_nor_counts_as_skipped() -> None:
+    interval = 0.1
+    samples = collect_samples(
+        {"collectors": [Counter(), Slow(3 * interval)], "interval": interval}, until=8
+    )
+    assert all(s.skipped_ticks == 0 for s in samples), [s.skipped_ticks for s in samples]
+    assert all("cpu" in s.groups for s in samples)
+    span = samples[-1].time - samples[0].time
+    assert span <= 2 * interval * (len(samples) - 1), span  # a 0.3 s tick each would be 2.1 s
+    late = [s for s in samples if "disk" in s.stale]
+    assert late and all(s.errors["disk"].startswith("did not answer within 0.1 s") for s in late)
+
+
+def test_ticks_the_scheduler_misses_are_skipped_not_piled_up() -> None:
     interval = 0.05
-    samples = collect_samples({"collectors": [Slow(0.17)], "interval": interval}, until=4)
-    gaps = [b.time - a.time for a, b in itertools.pairwise(samples)]
-    # each tick waits for the next slot after the slow one: no burst of catch-up ticks
-    assert all(gap >= 0.17 for gap in gaps), gaps
+    samples: list[Status] = []
+    arrived: list[float] = []
+    done = threading.Event()
+
+    def consumer(status: Status) -> None:
+        samples.append(status)
+        arrived.append(time.monotonic())
+        if len(samples) == 2:
+            time.sleep(4.5 * interval)  # the scheduler itself stalls for over 4 slots
+        if len(samples) >= 6:
+            done.set()
+
+    sampler = Sampler([Counter()], interval=interval, on_sample=consumer, host="h")
+    sampler.start()
+    try:
+        assert done.wait(10)
+    finally:
+        sampler.stop()
+    assert samples[2].skipped_ticks >= 3, [s.skipped_ticks for s in samples]
+    assert samples[1].skipped_ticks == 0
+    # after the stall the next ticks keep the schedule: no burst of catch-up ticks (one
+    # tick may run late within its slot, so the first gap can be short)
+    gaps = [b - a for a, b in itertools.pairwise(arrived[2:])]
+    assert sum(gaps) >= 1.5 * interval and all(g >= 0.5 * interval for g in gaps[1:]), gaps
+
+
+def test_a_hung_collector_goes_stale_with_its_last_reading_and_others_go_on() -> None:
+    log, records = recording_log("hung")
+    hung = Hung(good=1)
+    counter = Counter()
+    sampler = Sampler(
+        [counter, hung], interval=0.5, on_sample=lambda s: None, host="h", log=log, timeout=0.05
+    )
+    first = sampler.sample_once()
+    assert first.groups["container"] == {"call": 1} and not first.stale
+    started = time.monotonic()
+    second = sampler.sample_once()
+    assert time.monotonic() - started < 2.0  # the deadline, not the hang
+    assert second.groups["cpu"] == {"calls": 2}
+    assert second.groups["container"] == {"call": 1}  # its last good reading
+    assert 0 <= second.stale["container"] < 5
+    assert second.errors["container"] == "did not answer within 0.05 s"
+    stuck_lines = [m for m in messages(records) if "did not answer" in m]
+    assert stuck_lines == [
+        "sysmon: collector 'container' did not answer within 0.05 s; it is left running "
+        "and reported stale until it returns"
+    ]
+    for _ in range(30):
+        later = sampler.sample_once()
+    assert hung.calls == 2  # never called again while its call is out
+    assert later.groups["cpu"] == {"calls": 32} and "container" in later.stale
+    assert len([m for m in messages(records) if "did not answer" in m]) == 1
+    assert len(sampler.threads) <= 2  # one runner, one thread in the stuck call
+    hung.release.set()
+    wait_until(lambda: any("returned after" in m for m in messages(records)))
+    again = sampler.sample_once()
+    assert hung.calls == 3 and "container" not in again.stale
+    assert again.groups["container"] == {"call": 3}
+    sampler.stop()
+
+
+def test_a_group_that_never_answered_is_stale_and_absent() -> None:
+    hung = Hung(good=0)
+    sampler = Sampler([Counter(), hung], interval=0.5, on_sample=lambda s: None, host="h",
+                      timeout=0.05)  # fmt: skip
+    sample = sampler.sample_once()
+    assert "container" not in sample.groups and "container" in sample.stale
+    assert sample.errors["container"].startswith("did not answer")
+    hung.release.set()
+    sampler.stop()
+
+
+def test_a_stuck_mount_keeps_its_last_numbers_and_the_disk_group_answers() -> None:
+    log, records = recording_log("mount")
+    ps = FakeDisks(hung="/nfs")
+    disk = DiskCollector(ps)
+    sampler = Sampler([disk, Counter()], interval=0.5, on_sample=lambda s: None, host="h",
+                      log=log, timeout=0.05)  # fmt: skip
+    first = sampler.sample_once()
+    assert [m["stuck"] for m in first.groups["disk"]["mounts"]] == [False, False]
+    assert first.groups["disk"]["mounts"][0]["free_bytes"] == 700
+    for _ in range(20):
+        sample = sampler.sample_once()
+    assert "disk" not in sample.stale and "disk" not in sample.errors
+    by_path = {m["path"]: m for m in sample.groups["disk"]["mounts"]}
+    assert by_path["/nfs"] == {
+        "path": "/nfs", "fstype": "nfs4", "total_bytes": 1000, "used_bytes": 250,
+        "free_bytes": 700, "percent": 25.0, "stuck": True,
+    }  # fmt: skip
+    assert by_path["/"]["stuck"] is False
+    assert ps.usage_calls["/nfs"] == 2  # the stuck call is the only one outstanding
+    assert ps.usage_calls["/"] == 22  # read again when the tick resumed without /nfs
+    assert sample.groups["cpu"] == {"calls": 21}
+    assert [m for m in messages(records) if "did not answer" in m] == [
+        "sysmon: filesystem call on /nfs did not answer within 0.05 s; it is left running "
+        "and reported stale until it returns"
+    ]
+    assert len(sampler.threads) <= 2
+    ps.release.set()
+    wait_until(lambda: any("/nfs returned after" in m for m in messages(records)))
+    sample = sampler.sample_once()
+    assert [m["stuck"] for m in sample.groups["disk"]["mounts"]] == [False, False]
+    assert ps.usage_calls["/nfs"] == 3
+    sampler.stop()
+
+
+def test_threads_stay_bounded_whatever_hangs() -> None:
+    ps = FakeDisks(hung="/nfs")
+    hung = Hung(good=1)
+    sampler = Sampler([DiskCollector(ps), hung, Counter()], interval=0.05,
+                      on_sample=lambda s: None, host="h", timeout=0.02)  # fmt: skip
+    before = threading.active_count()
+    for _ in range(60):
+        sample = sampler.sample_once()
+    # the runner, one thread in the stuck collector, one in the stuck mount
+    assert len(sampler.threads) <= 3, [t.name for t in sampler.threads]
+    assert threading.active_count() <= before + 3
+    assert sample.groups["cpu"] == {"calls": 60}
+    ps.release.set()
+    hung.release.set()
+    sampler.stop()
+
+
+def test_stop_never_waits_on_a_stuck_call_and_leaves_it_open() -> None:
+    hung = Hung(good=0)
+    got = threading.Event()
+
+    def on_sample(status: Status) -> None:
+        if "container" in status.stale:
+            got.set()
+
+    sampler = Sampler([hung, Closable()], interval=0.05, on_sample=on_sample, host="h")
+    sampler.start()
+    assert got.wait(10)
+    started = time.monotonic()
+    sampler.stop(timeout=1.0)
+    assert time.monotonic() - started < 1.5
+    assert not sampler.running
+    assert not hung.closed  # its call is still out: closing under it could hang too
+    assert Closable.closed == ["x"]
+    hung.release.set()
+
+
+class Closable(Counter):
+    closed: ClassVar[list[str]] = []
+
+    def close(self) -> None:
+        Closable.closed.append("x")
 
 
 def test_stop_is_idempotent_and_closes_collectors() -> None:
-    closed: list[str] = []
-
-    class Closable(Counter):
-        def close(self) -> None:
-            closed.append("x")
-
+    Closable.closed = []
     sampler = Sampler([Closable()], interval=0.05, on_sample=lambda s: None, host="h")
     sampler.start()
     sampler.start()
     sampler.stop()
     sampler.stop()
     assert not sampler.running
-    assert closed == ["x"]
+    assert Closable.closed == ["x"]
 
 
-def test_interval_must_be_positive() -> None:
+def test_on_demand_groups_run_only_while_wanted() -> None:
+    class Walk(Counter):
+        name = "processes"
+        on_demand = True
+        paused = 0
+
+        def pause(self) -> None:
+            self.paused += 1
+
+    walk = Walk()
+    wanted: set[str] = {"cpu"}
+    sampler = Sampler([Counter(), walk], interval=1.0, on_sample=lambda s: None, host="h",
+                      wanted=lambda: wanted)  # fmt: skip
+    first = sampler.sample_once()
+    sampler.sample_once()
+    assert "processes" not in first.groups and walk.calls == 0 and walk.paused == 1
+    wanted.add("processes")
+    assert sampler.sample_once().groups["processes"] == {"calls": 1}
+    wanted.discard("processes")
+    sampler.sample_once()
+    assert walk.calls == 1 and walk.paused == 2
+    sampler.stop()
+
+
+def test_interval_and_timeout_must_be_positive_and_the_timeout_defaults() -> None:
     with pytest.raises(ValueError):
         Sampler([], interval=0, on_sample=lambda s: None, host="h")
+    with pytest.raises(ValueError):
+        Sampler([], interval=1, on_sample=lambda s: None, host="h", timeout=0)
+    assert default_timeout(0.5) == 0.5 and default_timeout(5.0) == 2.0
+    assert Sampler([], interval=5.0, on_sample=lambda s: None, host="h").timeout == 2.0
+    capped = Sampler([], interval=0.5, on_sample=lambda s: None, host="h", timeout=9)
+    assert capped.timeout == 0.5
