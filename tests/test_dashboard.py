@@ -158,7 +158,7 @@ def test_units_are_humanised_on_the_axes() -> None:
     dash.extend([sample(0, 999.0), sample(1, 1000.0)])
     memory = dash.charts["memory"]
     assert memory.y_axis.label == "GiB"
-    assert memory.y_scale.max == 25.0  # 16 GiB total, a round top with room for the legend
+    assert memory.y_scale.max == 16.0  # the axis ends at the 16 GiB total, not above it
     assert np.nanmax(np.array(memory.lines.y)) == 16.0
     net = dash.charts["network"]
     assert net.y_axis.label == "B/s"
@@ -177,7 +177,7 @@ def test_a_null_rate_is_a_gap_not_a_zero() -> None:
 
 def test_container_limit_and_gpus_are_drawn_when_known() -> None:
     dash = SysmonDashboard(window=60)
-    assert dash.charts["gpu"].figure.layout.display == "none"
+    assert dash.charts["gpu"].box.layout.display == "none"
     gpu = {
         "devices": [
             {
@@ -199,8 +199,13 @@ def test_container_limit_and_gpus_are_drawn_when_known() -> None:
     container = {"memory_limit_bytes": 8 * GIB, "memory_used_bytes": 7.5 * GIB}
     dash.update(hello())
     dash.update(sample(1, 1000.0, gpu=gpu, container=container))
-    assert "container limit" in dash.charts["memory"].lines.labels
-    assert dash.charts["gpu"].figure.layout.display is None
+    memory = dash.charts["memory"]
+    assert list(memory.lines.labels) == ["container used", "container limit"]
+    assert memory.y_scale.max == 8.0  # against the container's limit, not the node's 16 GiB
+    assert memory.figure.title == (
+        "Memory (container) 7.5 GiB of 8.0 GiB limit (94 %) · node 5.0 GiB of 16.0 GiB (30 %)"
+    )
+    assert dash.charts["gpu"].box.layout.display is None
     assert list(dash.charts["gpu"].lines.labels) == [
         "GPU0 util", "GPU0 memory", "GPU1 util", "GPU1 memory",
     ]  # fmt: skip
