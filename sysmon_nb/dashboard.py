@@ -83,6 +83,19 @@ def nice_ceiling(value: float) -> float:
     return 10.0 * power
 
 
+def nice_ticks(top: float, most: int = 5) -> np.ndarray:
+    """Round tick values from 0 up to ``top`` (1, 2, 2.5 or 5 times a power of ten apart,
+    at most ``most`` steps): the axis may end at an unround total, its labels stay round."""
+    if not top > 0 or not math.isfinite(top):
+        return np.array([0.0, 1.0])
+    power = 10.0 ** math.floor(math.log10(top / most))
+    step = next(
+        (f * power for f in (1.0, 2.0, 2.5, 5.0) if top / (f * power) <= most + 1e-9),
+        10.0 * power,
+    )
+    return np.arange(0.0, top * (1 + 1e-9), step)
+
+
 def parse_window(value: str | float) -> float:
     """``"10m"``, ``"90s"``, ``"1h"`` or a number of seconds -> seconds (> 0)."""
     if isinstance(value, (int, float)):
@@ -136,6 +149,7 @@ class _Chart:
     def __init__(self, title: str, y_label: str, *, y_max: float | None = None) -> None:
         self.x_scale = bqplot.DateScale()
         self.y_scale = bqplot.LinearScale(min=0.0, max=y_max, allow_padding=False)
+        ticks = nice_ticks(y_max) if y_max is not None else None
         self.x_axis = bqplot.Axis(
             scale=self.x_scale, tick_format="%H:%M:%S", num_ticks=5, grid_lines="none"
         )
@@ -143,8 +157,8 @@ class _Chart:
             scale=self.y_scale,
             side="left",
             label=y_label,
-            tick_format=".3~g",
-            num_ticks=6,
+            tick_format=".4~g",
+            tick_values=ticks,
             grid_lines="dashed",
             label_offset="42px",
         )
@@ -211,8 +225,9 @@ class _Chart:
             self.legend.value = legend
         if y_label is not None:
             self.y_axis.label = y_label
-        if y_max is not None:
+        if y_max is not None and y_max != self.y_scale.max:
             self.y_scale.max = y_max
+            self.y_axis.tick_values = nice_ticks(y_max)
 
 
 class SysmonDashboard(widgets.VBox):

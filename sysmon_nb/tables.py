@@ -227,7 +227,9 @@ def kernels_html(sample: Status) -> str:
             ]
         )
     counts = ", ".join(
-        f"{_e(group[key])} {key}" for key in ("kernels", "sessions", "terminals") if key in group
+        f"{_e(group[key])} {key if group[key] != 1 else key[:-1]}"
+        for key in ("kernels", "sessions", "terminals")
+        if key in group
     )
     title = f"<b>Kernels</b> ({counts}){_more(len(rows))}" if counts else "<b>Kernels</b>"
     head = [
@@ -466,13 +468,19 @@ class EventLog:
         return added
 
 
+#: A mark per event kind (characters every common font has) and whether it shows in red.
 _KIND_MARKS = {
-    "oom_kill": "💥",
-    "kernel_died": "✖",
-    "alert_started": "⚠",
-    "alert_ended": "✓",
-    "collector_stuck": "⏳",
+    "oom_kill": ("✖", True),
+    "kernel_died": ("✖", True),
+    "alert_started": ("⚠", True),
+    "alert_ended": ("✓", False),
+    "collector_stuck": ("⚠", False),
 }
+
+
+def _event_style(event: Mapping[str, Any]) -> str:
+    red = _KIND_MARKS.get(str(event.get("kind")), ("", False))[1]
+    return f" style='color:{WARN_COLOR}'" if red else ""
 
 
 def alerts_html(sample: Status, log: EventLog) -> str:
@@ -492,8 +500,9 @@ def alerts_html(sample: Status, log: EventLog) -> str:
     if shown:
         items = "".join(
             f"<li class='sysmon-event sysmon-{_e(e.get('kind', 'event'))}'"
-            f" title='{_e(e.get('message', ''))}'>"
-            f"{_KIND_MARKS.get(str(e.get('kind')), '•')} {_e(event_text(e, limit))}</li>"
+            f" title='{_e(e.get('message', ''))}'{_event_style(e)}>"
+            f"{_KIND_MARKS.get(str(e.get('kind')), ('•', False))[0]} {_e(event_text(e, limit))}"
+            "</li>"
             for e, limit in shown
         )
         parts.append(

@@ -16,6 +16,7 @@ from sysmon_nb.dashboard import (
     byte_unit,
     human_bytes,
     nice_ceiling,
+    nice_ticks,
     parse_window,
     warnings_for,
 )
@@ -159,6 +160,7 @@ def test_units_are_humanised_on_the_axes() -> None:
     memory = dash.charts["memory"]
     assert memory.y_axis.label == "GiB"
     assert memory.y_scale.max == 16.0  # the axis ends at the 16 GiB total, not above it
+    assert list(memory.y_axis.tick_values) == [0, 5, 10, 15]
     assert np.nanmax(np.array(memory.lines.y)) == 16.0
     net = dash.charts["network"]
     assert net.y_axis.label == "B/s"
@@ -274,3 +276,15 @@ def test_units() -> None:
     assert [nice_ceiling(v) for v in (0, 0.7, 1.0, 1.3, 2.2, 3, 23.5, 480)] == [
         1.0, 1.0, 1.0, 1.5, 2.5, 3.0, 25.0, 500.0,
     ]  # fmt: skip
+
+
+def test_round_ticks_under_an_unround_top() -> None:
+    assert list(nice_ticks(23.5)) == [0, 5, 10, 15, 20]
+    assert list(nice_ticks(100)) == [0, 20, 40, 60, 80, 100]
+    assert list(nice_ticks(0.3)) == pytest.approx([0, 0.1, 0.2, 0.3])
+    assert list(nice_ticks(0)) == [0, 1]
+    dash = SysmonDashboard(window=60)
+    big = {"total_bytes": 23.5 * GIB, "used_bytes": 2 * GIB, "percent": 9.0}
+    dash.extend([sample(0, 999.0, memory=big), sample(1, 1000.0, memory=big)])
+    assert dash.charts["memory"].y_scale.max == 23.5  # the total, not a ceiling of 40
+    assert list(dash.charts["memory"].y_axis.tick_values) == [0, 5, 10, 15, 20]
