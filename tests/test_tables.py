@@ -288,12 +288,16 @@ def test_every_widget_sends_at_most_one_message_and_unchanged_tables_none() -> N
     dash.update(status(3, AT_1402))  # same readings, a new time: the charts move
     after = counts()
     assert all(b - a <= 1 for a, b in zip(before, after))
-    table_msgs = {w: len(sent(w)) for w in tables}
+    still = tables + [chart.legend for chart in dash.charts.values()]
+    table_msgs = {w: len(sent(w)) for w in still}
     dash.update(status(4, AT_1402 + 1))
-    assert {w: len(sent(w)) for w in tables} == table_msgs  # unchanged tables: nothing
-    dash.update(status(5, AT_1402 + 2, alerts={"events": [oom]}))
+    assert {w: len(sent(w)) for w in still} == table_msgs  # unchanged: nothing sent
     alerts = dash.tables.html["alerts"]
-    assert len(sent(alerts)) == table_msgs[alerts] + 1  # value and display in one message
+    sent_when_set: list[int] = []
+    alerts.observe(lambda change: sent_when_set.append(len(sent(alerts))), "value")
+    dash.update(status(5, AT_1402 + 2, alerts={"events": [oom]}))
+    assert sent_when_set == [table_msgs[alerts]]  # held: sent after the redraw, not at once
+    assert len(sent(alerts)) == table_msgs[alerts] + 1
     assert "kernel of a.ipynb killed: out of memory at 4.0 GiB limit" in alerts.value
     assert sent(alerts)[-1]["state"]["value"] == alerts.value
     others = [w for w in tables if w is not alerts]
