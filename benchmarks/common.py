@@ -47,6 +47,7 @@ class Settings:
     peers_clients: int = 100
     widget_measured: int = 300
     widget_long_run: int = 3000
+    latency_samples: int = 120
     #: how long a server's CPU with no client is read, to subtract it (s)
     idle_seconds: float = 5.0
     #: frames arriving this long after their window closed count as lost (s)
@@ -69,6 +70,7 @@ class Settings:
             peers_clients=4,
             widget_measured=20,
             widget_long_run=200,
+            latency_samples=6,
             idle_seconds=1.0,
             late_after=1.0,
             warm_up=False,
@@ -227,8 +229,10 @@ def jupyter_server(
     sysmon: dict[str, Any] | None = None,
     name: str = "sysmon-nb",
     server_app: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Server:
-    """Start a real jupyter_server (as its own process) with the given extensions."""
+    """Start a real jupyter_server (as its own process) with the given extensions;
+    ``extra`` adds config sections (e.g. ``LabApp``)."""
     port = free_port()
     root = workdir / f"server-{port}"
     root.mkdir(parents=True)
@@ -245,6 +249,7 @@ def jupyter_server(
         },
         "IdentityProvider": {"token": TOKEN},
         "SysmonExtension": {"interval": 1.0, "max_connections": 100_000, **(sysmon or {})},
+        **(extra or {}),
     }
     config_file = root / "jupyter_server_config.json"
     config_file.write_text(json.dumps(config))

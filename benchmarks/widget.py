@@ -10,8 +10,12 @@ whether the kernel's memory stays flat (growth of Python's traced allocations).
 
 The samples are real ones from this machine's sampler (default groups, top 5
 processes), replayed with times 5 s apart and moving values, so every chart changes on
-every update. References from the same run: decoding the status frame the update came
-in (CPU) and that frame's size (bytes).
+every update. Each also carries what a busy JupyterHub pod's server sends for the
+dashboard's tables (:func:`table_groups`): 12 kernels with notebook paths, 8 users, a
+container with limits, throttling and pressure, a home volume, GPU processes, an active
+alert and an event now and then, with moving CPU and memory, so the kernels and users
+tables change on every update too. References from the same run: decoding the status
+frame the update came in (CPU) and that frame's size (bytes).
 
 Goals: <= 5 ms CPU and <= 64 KB per update; the kernel's memory flat over a long run.
 """
@@ -77,6 +81,85 @@ def counting_comms() -> Iterator[dict[str, int]]:
         setattr(comm, "create_comm", original)  # noqa: B010
 
 
+def table_groups(i: int, at: float) -> dict[str, Any]:
+    """The turn-2 groups and fields of sample ``i`` (time ``at``), moving with ``i``."""
+    gib = 1024**3
+    kernels = [
+        {
+            "id": f"{k:08x}-0000-4000-8000-{k:012x}",
+            "name": "python3",
+            "pid": 1000 + k,
+            "cpu_percent": float((i * 7 + k * 13) % 100),
+            "rss_bytes": (k + 1) * 150 * 1024**2 + (i % 10) * 4096 * k,
+            "path": f"users/user{k % 8}/project-{k}/analysis-{k}.ipynb",
+            "execution_state": "busy" if (i + k) % 3 == 0 else "idle",
+            "last_activity": at - 30.0 * k,
+            "connections": 1 + k % 2,
+        }
+        for k in range(12)
+    ]
+    users = [
+        {
+            "name": f"jupyter-user{u}",
+            "processes": 3 + u,
+            "cpu_percent": float((i * 3 + u * 11) % 100),
+            "rss_bytes": (u + 1) * 300 * 1024**2 + (i % 7) * 8192,
+        }
+        for u in range(8)
+    ]
+    events = []
+    if i % 60 == 0:
+        events.append(
+            {
+                "time": at,
+                "kind": "oom_kill",
+                "message": "memory.events oom_kill rose",
+                "kernel_id": kernels[i % 12]["id"],
+                "path": kernels[i % 12]["path"],
+            }
+        )
+    return {
+        "jupyter": {"kernels": 12, "terminals": 1, "sessions": 12, "kernel_usage": kernels},
+        "users": {"users": users},
+        "container": {
+            "cgroup": 2,
+            "memory_limit_bytes": 16 * gib,
+            "memory_used_bytes": 9 * gib + (i % 50) * 1024**2,
+            "cpu_limit_cores": 4.0,
+            "cpu_usage_cores": 1.0 + (i % 30) / 10,
+            "cpu_throttled_percent": float(i % 40),
+            "oom_kills": i // 60,
+            "memory_pressure": float(i % 20),
+            "cpu_pressure": float(i % 15),
+            "io_pressure": 0.5,
+        },
+        "alerts": {
+            "active": [
+                {
+                    "name": "memory",
+                    "group": "container",
+                    "value": 91.0,
+                    "threshold": 90.0,
+                    "since": at - 300,
+                }
+            ],
+            "events": events,
+        },
+        "gpu_processes": {
+            "index": 0,
+            "processes": [
+                {
+                    "pid": 1000 + k,
+                    "user": f"jupyter-user{k}",
+                    "used_memory_bytes": (k + 1) * gib,
+                    "kernel_id": kernels[k]["id"],
+                }
+                for k in range(3)
+            ],
+        },
+    }
+
+
 def real_samples(count: int) -> list[Any]:
     """``count`` samples of this machine, 5 s apart, ending now, with moving values."""
     from .sampler import default_sampler
@@ -105,7 +188,26 @@ def real_samples(count: int) -> list[Any]:
                 groups[name][key] = float(wave * 1000)
         if "memory" in groups and groups["memory"].get("used_bytes") is not None:
             groups["memory"]["used_bytes"] += wave * 4096
-        samples.append(dataclasses.replace(seed, seq=i, time=start + i * INTERVAL, groups=groups))
+        at = start + i * INTERVAL
+        extra = table_groups(i, at)
+        device = extra.pop("gpu_processes")
+        groups.update(extra)
+        if "disk" in groups:
+            home = {
+                "path": "/home/jovyan", "fstype": "nfs4", "total_bytes": 100 * 1024**3,
+                "used_bytes": 60 * 1024**3, "free_bytes": 40 * 1024**3, "percent": 60.0,
+                "home": True, "stuck": False,
+            }  # fmt: skip
+            groups["disk"]["mounts"] = [*(groups["disk"].get("mounts") or []), home]
+        gpu = dict(groups.get("gpu") or {})
+        devices = [dict(d) for d in gpu.get("devices") or []] or [
+            {"index": 0, "name": "GPU", "utilization_percent": float(wave),
+             "memory_used_bytes": 6 * 1024**3, "memory_total_bytes": 80 * 1024**3}
+        ]  # fmt: skip
+        devices[0]["processes"] = device["processes"]
+        gpu["devices"] = devices
+        groups["gpu"] = gpu
+        samples.append(dataclasses.replace(seed, seq=i, time=at, groups=groups))
     return samples
 
 

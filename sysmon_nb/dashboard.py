@@ -23,6 +23,7 @@ import numpy as np
 
 from .client import ConnectionState
 from .protocol import GROUPS, Hello, History, ServerMessage, Status
+from .tables import Tables
 
 #: Charts drawn, and the metric groups each needs.
 CHARTS: dict[str, tuple[str, ...]] = {
@@ -37,8 +38,6 @@ MAX_POINTS = 10_000
 #: Percentages at or over this are shown as a warning.
 WARN_PERCENT = 90.0
 DEFAULT_WINDOW = 600.0
-#: Room above the highest line, for the legend.
-HEADROOM = 1.35
 
 _BINARY_UNITS = (("TiB", 1024.0**4), ("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0))
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -84,6 +83,19 @@ def nice_ceiling(value: float) -> float:
     return 10.0 * power
 
 
+def nice_ticks(top: float, most: int = 5) -> np.ndarray:
+    """Round tick values from 0 up to ``top`` (1, 2, 2.5 or 5 times a power of ten apart,
+    at most ``most`` steps): the axis may end at an unround total, its labels stay round."""
+    if not top > 0 or not math.isfinite(top):
+        return np.array([0.0, 1.0])
+    power = 10.0 ** math.floor(math.log10(top / most))
+    step = next(
+        (f * power for f in (1.0, 2.0, 2.5, 5.0) if top / (f * power) <= most + 1e-9),
+        10.0 * power,
+    )
+    return np.arange(0.0, top * (1 + 1e-9), step)
+
+
 def parse_window(value: str | float) -> float:
     """``"10m"``, ``"90s"``, ``"1h"`` or a number of seconds -> seconds (> 0)."""
     if isinstance(value, (int, float)):
@@ -109,13 +121,35 @@ def _num(value: Any) -> float:
     return math.nan
 
 
+def legend_html(labels: Sequence[str], colors: Sequence[str], faint: str = "") -> str:
+    """A legend line under a chart: a colour key per line (and one for the faint lines).
+
+    It sits outside the plot, so it never covers a line near the top of the axis (a
+    bqplot legend is always drawn inside the plot area)."""
+    keys = [
+        f"<span style='white-space:nowrap'><span style='color:{color};font-weight:bold'>━</span>"
+        f" {html.escape(label)}</span>"
+        for label, color in zip(labels, colors)
+    ]
+    if faint:
+        keys.append(
+            "<span style='white-space:nowrap'><span style='color:#9ecae1'>━</span>"
+            f" {html.escape(faint)}</span>"
+        )
+    return (
+        "<div style='display:flex;gap:14px;justify-content:center;flex-wrap:wrap;"
+        f"font-size:12px;line-height:16px'>{''.join(keys)}</div>"
+    )
+
+
 class _Chart:
-    """One bqplot Figure: a date x axis, a linear y axis from 0, a legended Lines mark
-    and a faint one without legend (per-core lines)."""
+    """One bqplot Figure (a date x axis, a linear y axis from 0, a Lines mark and a
+    faint one for per-core lines) with its legend, as HTML, under it."""
 
     def __init__(self, title: str, y_label: str, *, y_max: float | None = None) -> None:
         self.x_scale = bqplot.DateScale()
         self.y_scale = bqplot.LinearScale(min=0.0, max=y_max, allow_padding=False)
+        ticks = nice_ticks(y_max) if y_max is not None else None
         self.x_axis = bqplot.Axis(
             scale=self.x_scale, tick_format="%H:%M:%S", num_ticks=5, grid_lines="none"
         )
@@ -123,8 +157,8 @@ class _Chart:
             scale=self.y_scale,
             side="left",
             label=y_label,
-            tick_format=".3~g",
-            num_ticks=6,
+            tick_format=".4~g",
+            tick_values=ticks,
             grid_lines="dashed",
             label_offset="42px",
         )
@@ -141,7 +175,7 @@ class _Chart:
             x=np.zeros(0),
             y=np.zeros((1, 0)),
             scales=scales,
-            display_legend=True,
+            display_legend=False,
             stroke_width=2,
             colors=list(_COLORS),
         )
@@ -149,17 +183,16 @@ class _Chart:
             marks=[self.faint, self.lines],
             axes=[self.x_axis, self.y_axis],
             title=title,
-            legend_location="top-left",
-            legend_style={"fill": "white", "fill-opacity": 0.75, "stroke-width": 0},
-            legend_text={"font-size": "12px"},
-            fig_margin={"top": 40, "bottom": 35, "left": 65, "right": 35},
+            fig_margin={"top": 40, "bottom": 30, "left": 65, "right": 35},
             animation_duration=0,
-            layout=widgets.Layout(width="100%", height="260px", min_width="320px"),
+            layout=widgets.Layout(width="100%", height="250px", min_width="320px"),
             title_style={"font-size": "14px"},
         )
+        self.legend = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.box = widgets.VBox([self.figure, self.legend], layout=widgets.Layout(width="100%"))
 
     def synced(self) -> list[Any]:
-        return [self.faint, self.lines, self.y_scale, self.y_axis, self.figure]
+        return [self.faint, self.lines, self.y_scale, self.y_axis, self.figure, self.legend]
 
     def draw(
         self,
@@ -172,6 +205,7 @@ class _Chart:
         faint: Sequence[Sequence[float]] = (),
         y_label: str | None = None,
         y_max: float | None = None,
+        faint_label: str = "",
     ) -> None:
         if len(x) < 2:  # bqplot squeezes a one-point array to a scalar it then refuses
             x, rows, faint = np.zeros(0), [[] for _ in rows], [[] for _ in faint]
@@ -186,10 +220,14 @@ class _Chart:
             self.faint.x = np.zeros(0)
             self.faint.y = np.zeros(0)
         self.figure.title = title
+        legend = legend_html(labels, list(self.lines.colors), faint_label if faint else "")
+        if legend != self.legend.value:
+            self.legend.value = legend
         if y_label is not None:
             self.y_axis.label = y_label
-        if y_max is not None:
+        if y_max is not None and y_max != self.y_scale.max:
             self.y_scale.max = y_max
+            self.y_axis.tick_values = nice_ticks(y_max)
 
 
 class SysmonDashboard(widgets.VBox):
@@ -224,9 +262,9 @@ class SysmonDashboard(widgets.VBox):
             self.charts["disk"] = _Chart("Disk", "KiB/s")
         if "gpu" in wanted:
             self.charts["gpu"] = _Chart("GPU", "percent", y_max=100.0)
-            self.charts["gpu"].figure.layout.display = "none"
+            self.charts["gpu"].box.layout.display = "none"
         grid = widgets.GridBox(
-            [c.figure for c in self.charts.values()],
+            [c.box for c in self.charts.values()],
             layout=widgets.Layout(
                 grid_template_columns="repeat(auto-fill, minmax(420px, 1fr))",
                 width="100%",
@@ -234,14 +272,18 @@ class SysmonDashboard(widgets.VBox):
             ),
         )
         self.processes.layout.display = "none" if "processes" not in wanted else None
+        self.tables = Tables(None if self.metrics == GROUPS else wanted)
+        above = [self.tables.alerts] if self.tables.alerts is not None else []
         super().__init__(
-            [self.header, self.warnings, grid, self.processes],
+            [self.header, self.warnings, *above, grid, self.tables.grid, self.processes],
             layout=widgets.Layout(width="100%"),
             **kwargs,
         )
         self._synced: list[Any] = [self.header, self.warnings, self.processes]
         for chart in self.charts.values():
             self._synced.extend(chart.synced())
+            self._synced.append(chart.box.layout)
+        self._synced.extend(self.tables.synced())
         self.refresh_header()
 
     # -- input -----------------------------------------------------------------------
@@ -294,6 +336,7 @@ class SysmonDashboard(widgets.VBox):
                 for name, chart in self.charts.items():
                     getattr(self, f"_draw_{name}")(chart, x, samples)
                 self._draw_processes(samples[-1])
+                self.tables.draw(samples)
             self.warnings.value = self._warnings_html(samples[-1] if samples else None)
             self.refresh_header()
 
@@ -336,36 +379,57 @@ class SysmonDashboard(widgets.VBox):
             title += f" of {last['count']} cores"
         if last.get("load_1m") is not None:
             title += f" · load {last['load_1m']:.2f}"
-        label = "total" if cores == 0 else f"total (faint: each of {cores} cores)"
-        chart.draw(x, [total], [label], title, faint=per_core)
+        faint_label = f"each of {cores} cores" if cores else ""
+        chart.draw(x, [total], ["total"], title, faint=per_core, faint_label=faint_label)
 
     def _draw_memory(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+        """Memory against the container's limit when it has one (the node's figures then
+        go in the title, labelled as the node's), else against the machine's total. The
+        axis top is that limit or total (or the highest line, if higher)."""
         mems = [s.groups.get("memory", {}) for s in samples]
         conts = [s.groups.get("container", {}) for s in samples]
-        series = {
-            "used": [_num(m.get("used_bytes")) for m in mems],
-            "swap used": [_num(m.get("swap_used_bytes")) for m in mems],
-            "total": [_num(m.get("total_bytes")) for m in mems],
-        }
-        colors = ["#1f77b4", "#ff7f0e", "#7f7f7f"]
         limit = [_num(c.get("memory_limit_bytes")) for c in conts]
-        if any(not math.isnan(v) for v in limit):
-            series["container limit"] = limit
-            series["container used"] = [_num(c.get("memory_used_bytes")) for c in conts]
-            colors += [_WARN_COLOR, "#9467bd"]
-        peak = np.nanmax([np.nanmax(v) if not np.all(np.isnan(v)) else 0 for v in series.values()])
-        unit, size = byte_unit(float(peak))
-        rows = [[v / size for v in values] for values in series.values()]
-        last = mems[-1]
-        title = "Memory"
+        last, last_cont = mems[-1], conts[-1]
+        node = ""
         if last.get("used_bytes") is not None:
-            title += (
-                f" {human_bytes(last['used_bytes'])} of {human_bytes(last.get('total_bytes'))}"
+            node = (
+                f"{human_bytes(last['used_bytes'])} of {human_bytes(last.get('total_bytes'))}"
                 f" ({_pct(last.get('percent'))})"
             )
-        if last.get("swap_used_bytes"):
-            title += f" · swap {human_bytes(last['swap_used_bytes'])}"
-        top = nice_ceiling(HEADROOM * float(peak) / size)
+        if any(v > 0 for v in limit):
+            series = {
+                "container used": [_num(c.get("memory_used_bytes")) for c in conts],
+                "container limit": limit,
+            }
+            colors = ["#1f77b4", _WARN_COLOR]
+            cap = limit
+            title = "Memory (container)"
+            used, lim = last_cont.get("memory_used_bytes"), last_cont.get("memory_limit_bytes")
+            if isinstance(used, (int, float)) and isinstance(lim, (int, float)) and lim > 0:
+                title += (
+                    f" {human_bytes(used)} of {human_bytes(lim)} limit ({_pct(100 * used / lim)})"
+                )
+            if node:
+                title += f" · node {node}"
+        else:
+            series = {
+                "used": [_num(m.get("used_bytes")) for m in mems],
+                "swap used": [_num(m.get("swap_used_bytes")) for m in mems],
+                "total": [_num(m.get("total_bytes")) for m in mems],
+            }
+            colors = ["#1f77b4", "#ff7f0e", "#7f7f7f"]
+            cap = series["total"]
+            title = f"Memory {node}" if node else "Memory"
+            if last.get("swap_used_bytes"):
+                title += f" · swap {human_bytes(last['swap_used_bytes'])}"
+        values = np.array(list(series.values()), dtype=float)
+        peak = float(np.nanmax(values)) if not np.all(np.isnan(values)) else 0.0
+        caps = np.array(cap, dtype=float)
+        top_bytes = float(np.nanmax(caps)) if not np.all(np.isnan(caps)) else 0.0
+        top_bytes = max(top_bytes, peak)
+        unit, size = byte_unit(top_bytes)
+        rows = [[v / size for v in vals] for vals in series.values()]
+        top = top_bytes / size if top_bytes > 0 else 1.0
         chart.draw(x, rows, list(series), title, colors=colors, y_label=unit, y_max=top)
 
     def _draw_rates(
@@ -382,7 +446,7 @@ class SysmonDashboard(widgets.VBox):
             f"{label} {human_bytes(last.get(key), '/s')}" for key, label in names.items()
         )
         title = f"{group.capitalize()} {now}"
-        top = nice_ceiling(HEADROOM * peak / size)
+        top = nice_ceiling(peak / size)
         chart.draw(x, rows, list(series), title, y_label=f"{unit}/s", y_max=top)
 
     def _draw_network(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
@@ -399,9 +463,9 @@ class SysmonDashboard(widgets.VBox):
             for d in s.groups.get("gpu", {}).get("devices") or ():
                 devices.setdefault(int(d.get("index", 0)), str(d.get("name", "GPU")))
         if not devices:
-            chart.figure.layout.display = "none"
+            chart.box.layout.display = "none"
             return
-        chart.figure.layout.display = None
+        chart.box.layout.display = None
         rows: list[list[float]] = []
         labels: list[str] = []
         for index in sorted(devices):

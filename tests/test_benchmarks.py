@@ -4,6 +4,8 @@ this checks that ``make bench`` works, not how fast anything is)."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +14,15 @@ import pytest
 
 from benchmarks.__main__ import PARTS
 from benchmarks.common import Result, connections, delivery
+from benchmarks.latency import CHROMIUM, latencies
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_part_of_the_issue_has_a_module_and_a_title() -> None:
-    assert list(PARTS) == ["sampler", "fanout", "compression", "slow", "peers", "widget", "idle"]
+    assert list(PARTS) == [
+        "sampler", "fanout", "compression", "slow", "peers", "widget", "idle", "latency",
+    ]  # fmt: skip
     listing = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--list"],
         cwd=ROOT,
@@ -79,3 +84,37 @@ def test_the_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert widget_bytes["value"] > 0 and widget_bytes["reference_name"] == "its status frame"
     idle = by_name["idle server CPU per tick, 200 extra processes on the host"]
     assert idle["value"] > 0 and idle["reference"] > 0 and idle["met"] is not None
+
+
+def test_latency_is_the_first_paint_before_the_next_sample() -> None:
+    samples = [(1, 100.0, 100.001), (2, 101.0, 101.001), (3, 102.0, 102.001), (4, 103.0, 0.0)]
+    draws = [[100_030.0, 100_040.0], [101_900.0, 101_990.0], [102_500.0, 102_510.0]]
+    values, missed = latencies(samples, draws)
+    assert values[0] == pytest.approx(40.0)  # the painted frame, not the DOM change
+    assert values[1] == pytest.approx(990.0)
+    assert values[2] == pytest.approx(510.0)
+    assert missed == 0
+    values, missed = latencies(samples, draws[:1])
+    assert math.isinf(values[1]) and missed == 2  # never drawn before the next sample
+
+
+@pytest.mark.timeout(180)
+def test_the_latency_part_runs_quick_in_chromium(tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: CI must install Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "latency", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    by_name = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    p99 = by_name["sample-to-pixel latency p99"]
+    assert p99["value"] is not None and p99["value"] > 0, p99
+    assert p99["goal"].startswith("<= 250 ms") and p99["met"] is not None
+    assert p99["reference_name"].startswith("arrival at a websockets client")

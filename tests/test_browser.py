@@ -3,6 +3,11 @@
 The test starts the server, opens the notebook in Debian's ``/usr/bin/chromium``
 through Playwright (no browser download), runs every cell, and watches bqplot redraw
 its lines between two samples. Screenshots go to ``build/screenshots/``.
+
+The server also loads :mod:`tests.event_seam`, a documented test seam that adds one
+``oom_kill`` event (naming the demo notebook's kernel) to the stream, so the test can
+see the widget show it; the kernels table's notebook path is the server's own
+``jupyter.kernel_usage[].path``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,12 @@ def _accept_dialogs(page: Any) -> None:
         button.first.click()
 
 
+def _text(page: Any, selector: str) -> str:
+    """The text of the first element matching ``selector``, or ""."""
+    found = page.locator(selector)
+    return str(found.first.inner_text()) if found.count() else ""
+
+
 def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
     """Open ``url`` (demo.ipynb), run all cells, return bqplot lines before/after a sample."""
     from playwright.sync_api import sync_playwright
@@ -64,7 +75,7 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page = browser.new_page(viewport={"width": 1400, "height": 1900})
             page.goto(url, wait_until="domcontentloaded", timeout=90_000)
             _wait(
                 page,
@@ -95,6 +106,23 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
                 90,
             )
             page.add_style_tag(content=".Toastify { display: none !important; }")
+            # The kernels table names the demo notebook (the server's kernel_usage[].path).
+            kernels = _wait(
+                page,
+                lambda: "demo.ipynb" in (t := _text(page, ".sysmon-kernels")) and t,
+                "the kernels table to show demo.ipynb (needs kernel_usage[].path)",
+                60,
+            )
+            assert "idle" in kernels or "busy" in kernels, kernels
+            # The seam's oom_kill event, as the widget words it.
+            _wait(
+                page,
+                lambda: (
+                    "kernel of demo.ipynb killed: out of memory" in _text(page, ".sysmon-alerts")
+                ),
+                "the OOM event in the widget",
+                60,
+            )
             first = page.evaluate(LINES_D)
             second = _wait(
                 page,
@@ -128,12 +156,14 @@ def test_demo_notebook_draws_moving_charts_in_chromium(
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(ROOT / "notebooks" / "demo.ipynb", root / "demo.ipynb")
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     server = jupyter(
         "--LabApp.expose_app_in_browser=True" if app == "jupyterlab" else "--expose-app-in-browser",
+        "--ServerApp.jpserver_extensions={'tests.event_seam': True}",
         app=app,
         root_dir=root,
         interval=0.5,
-        env=isolated_env(tmp_path),
+        env=isolated_env(tmp_path, PYTHONPATH=pythonpath),
     )
     path = "lab/tree/demo.ipynb" if app == "jupyterlab" else "notebooks/demo.ipynb"
     shot = SHOTS / f"{app}.png"

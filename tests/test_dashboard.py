@@ -16,6 +16,7 @@ from sysmon_nb.dashboard import (
     byte_unit,
     human_bytes,
     nice_ceiling,
+    nice_ticks,
     parse_window,
     warnings_for,
 )
@@ -158,7 +159,8 @@ def test_units_are_humanised_on_the_axes() -> None:
     dash.extend([sample(0, 999.0), sample(1, 1000.0)])
     memory = dash.charts["memory"]
     assert memory.y_axis.label == "GiB"
-    assert memory.y_scale.max == 25.0  # 16 GiB total, a round top with room for the legend
+    assert memory.y_scale.max == 16.0  # the axis ends at the 16 GiB total, not above it
+    assert list(memory.y_axis.tick_values) == [0, 5, 10, 15]
     assert np.nanmax(np.array(memory.lines.y)) == 16.0
     net = dash.charts["network"]
     assert net.y_axis.label == "B/s"
@@ -177,7 +179,7 @@ def test_a_null_rate_is_a_gap_not_a_zero() -> None:
 
 def test_container_limit_and_gpus_are_drawn_when_known() -> None:
     dash = SysmonDashboard(window=60)
-    assert dash.charts["gpu"].figure.layout.display == "none"
+    assert dash.charts["gpu"].box.layout.display == "none"
     gpu = {
         "devices": [
             {
@@ -199,8 +201,13 @@ def test_container_limit_and_gpus_are_drawn_when_known() -> None:
     container = {"memory_limit_bytes": 8 * GIB, "memory_used_bytes": 7.5 * GIB}
     dash.update(hello())
     dash.update(sample(1, 1000.0, gpu=gpu, container=container))
-    assert "container limit" in dash.charts["memory"].lines.labels
-    assert dash.charts["gpu"].figure.layout.display is None
+    memory = dash.charts["memory"]
+    assert list(memory.lines.labels) == ["container used", "container limit"]
+    assert memory.y_scale.max == 8.0  # against the container's limit, not the node's 16 GiB
+    assert memory.figure.title == (
+        "Memory (container) 7.5 GiB of 8.0 GiB limit (94 %) · node 5.0 GiB of 16.0 GiB (30 %)"
+    )
+    assert dash.charts["gpu"].box.layout.display is None
     assert list(dash.charts["gpu"].lines.labels) == [
         "GPU0 util", "GPU0 memory", "GPU1 util", "GPU1 memory",
     ]  # fmt: skip
@@ -281,3 +288,15 @@ def test_units() -> None:
     assert [nice_ceiling(v) for v in (0, 0.7, 1.0, 1.3, 2.2, 3, 23.5, 480)] == [
         1.0, 1.0, 1.0, 1.5, 2.5, 3.0, 25.0, 500.0,
     ]  # fmt: skip
+
+
+def test_round_ticks_under_an_unround_top() -> None:
+    assert list(nice_ticks(23.5)) == [0, 5, 10, 15, 20]
+    assert list(nice_ticks(100)) == [0, 20, 40, 60, 80, 100]
+    assert list(nice_ticks(0.3)) == pytest.approx([0, 0.1, 0.2, 0.3])
+    assert list(nice_ticks(0)) == [0, 1]
+    dash = SysmonDashboard(window=60)
+    big = {"total_bytes": 23.5 * GIB, "used_bytes": 2 * GIB, "percent": 9.0}
+    dash.extend([sample(0, 999.0, memory=big), sample(1, 1000.0, memory=big)])
+    assert dash.charts["memory"].y_scale.max == 23.5  # the total, not a ceiling of 40
+    assert list(dash.charts["memory"].y_axis.tick_values) == [0, 5, 10, 15, 20]
