@@ -213,7 +213,7 @@ class FleetClient:
             (parts.scheme, parts.netloc, parts.path.rstrip("/") + "/", "", "")
         )
         self._origin = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
-        self._token = token
+        self.token = token
         self._scheme = scheme
         self.refresh_interval = refresh_interval
         self.open_timeout = open_timeout
@@ -226,7 +226,7 @@ class FleetClient:
         self.listings = 0
         self.listing_error: str | None = None
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never shows the token
         ready = sum(s.hub_state == "ready" for s in self.servers.values())
         return f"<FleetClient {self.hub_url}: {len(self.servers)} servers, {ready} ready>"
 
@@ -238,7 +238,7 @@ class FleetClient:
         url = f"{self.hub_url}hub/api/{path}"
         if query:
             url += "?" + urlencode(query)
-        headers = {"Authorization": f"{self._scheme} {self._token}", "Accept": PAGINATION}
+        headers = {"Authorization": f"{self._scheme} {self.token}", "Accept": PAGINATION}
         try:
             reply = await AsyncHTTPClient().fetch(url, headers=headers, request_timeout=30)
         except HTTPClientError as err:
@@ -344,8 +344,9 @@ class FleetClient:
         server.error = None
         server.client = StatusClient(
             server.url,
-            self._token,
+            self.token,
             scheme=self._scheme,
+            history=1,  # the latest sample at once: the row fills without waiting a tick
             max_catch_up=0,
             open_timeout=self.open_timeout,
             open_limit=self._opening,
