@@ -110,6 +110,8 @@ def child(count: int, interval: float, window_intervals: int) -> dict[str, Any]:
     finally:
         sim.terminate()
         sim.wait(10)
+        if sim.stdout is not None:
+            sim.stdout.close()
 
 
 def run(bench: Bench) -> list[Result]:
