@@ -182,8 +182,7 @@ class FleetView(widgets.VBox):
         if time.monotonic() - self._started > FILL_WINDOW_S:
             return self.interval
         filling = self.fleet.listings == 0 or any(
-            s.hub_state == "ready" and s.received_at is None and s.error is None
-            for s in servers
+            s.hub_state == "ready" and s.received_at is None and s.error is None for s in servers
         )
         return min(self.interval, FILL_REDRAW_S) if filling else self.interval
 
