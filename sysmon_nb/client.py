@@ -169,6 +169,7 @@ class StatusClient:
         backoff: Callable[[int], float] = full_jitter,
         open_timeout: float = 10.0,
         open_limit: asyncio.Semaphore | None = None,
+        compression: str | None = "deflate",
     ) -> None:
         self.url = endpoint_url(url)
         self._headers = {"Authorization": f"{scheme} {token}"} if token else {}
@@ -180,6 +181,8 @@ class StatusClient:
         self.open_timeout = open_timeout
         #: Held while opening a connection: bounds how many clients open at once.
         self.open_limit = open_limit
+        #: ``"deflate"`` offers permessage-deflate; None saves its memory per connection.
+        self.compression = compression
         self.state = ConnectionState("connecting")
         self.hello: Hello | None = None
         #: Time of the newest sample seen; older ones arriving later are dropped.
@@ -223,6 +226,7 @@ class StatusClient:
                         url,
                         additional_headers=self._headers,
                         open_timeout=self.open_timeout,
+                        compression=self.compression,
                         user_agent_header=f"sysmon-nb/{_version()}",
                     )
             except Exception as exc:

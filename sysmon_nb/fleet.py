@@ -350,6 +350,7 @@ class FleetClient:
             max_catch_up=0,
             open_timeout=self.open_timeout,
             open_limit=self._opening,
+            compression=None,  # a zlib context per server costs more than it saves here
         )
         server.task = asyncio.get_running_loop().create_task(
             self._stream(server), name=f"sysmon fleet {server.user}/{server.name}"
