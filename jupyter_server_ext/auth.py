@@ -34,6 +34,7 @@ from jupyter_server.auth import User
 from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
 
 from .errors import InvalidCredentials
+from .hub_scopes import HubReader, recheck_reader
 from .jwt_auth import JWTIdentityProvider, JWTUser
 
 __all__ = [
@@ -207,6 +208,8 @@ def watch_credentials(handler: Any, policy: AdminPolicy, interval: float) -> Cre
 
 async def recheck_hub_user(hub_auth: Any, token: str, user: Any, policy: AdminPolicy) -> Verdict:
     """Ask the hub again, bypassing its cache, whether ``token`` still admits ``user``."""
+    if isinstance(user, HubReader):
+        return await recheck_reader(hub_auth, token, user)
     model = await hub_auth.user_for_token(token, use_cache=False, sync=False)
     if not model or model.get("name") != user.username:
         return (CLOSE_CREDENTIALS_EXPIRED, "credentials expired or revoked")

@@ -43,6 +43,7 @@ from sysmon_nb.protocol import (
 from .auth import CredentialsWatcher, watch_credentials
 from .broadcaster import Subscriber
 from .fanout import PING_FRAME, Frame, NotShareable, SharedDeflateProtocol, framing, write_frame
+from .hub_scopes import HubReader, with_readers
 
 if TYPE_CHECKING:
     from .app import SysmonExtension
@@ -66,9 +67,16 @@ class _SysmonAuthMixin:
     def initialize(self, extension: SysmonExtension) -> None:
         self.extension = extension
 
+    @property
+    def identity_provider(self) -> Any:
+        """The server's, admitting ``custom:sysmon:read`` hub tokens here only."""
+        return with_readers(super().identity_provider)  # type: ignore[misc]
+
     async def _authorize_admin(self) -> None:
         handler: Any = self
         user = handler.current_user
+        if isinstance(user, HubReader):
+            return  # the hub granted custom:sysmon:read for this server (hub_scopes)
         allowed = await ensure_async(
             handler.authorizer.is_authorized(handler, user, "read", AUTH_RESOURCE)
         )

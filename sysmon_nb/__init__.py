@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .fleet_table import FleetView
     from .magic import Monitor
 
-__all__ = ["__version__", "load_ipython_extension", "show"]
+__all__ = ["__version__", "load_ipython_extension", "show", "show_fleet"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -29,3 +30,10 @@ def show(*args: Any, **kwargs: Any) -> Monitor:
     from .magic import show as _show
 
     return _show(*args, **kwargs)
+
+
+def show_fleet(*args: Any, **kwargs: Any) -> FleetView:
+    """Show a live table of every server of a JupyterHub (see ``%sysmon --fleet``)."""
+    from .fleet_table import show_fleet as _show_fleet
+
+    return _show_fleet(*args, **kwargs)

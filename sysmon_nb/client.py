@@ -150,7 +150,8 @@ class StatusClient:
     ``url`` is the server's URL (or its ``sysmon/ws`` URL); ``token`` goes in the
     ``Authorization`` header (``scheme`` ``token`` for Jupyter tokens, ``Bearer`` for
     JWTs). ``metrics`` picks groups (empty: all); ``history`` asks for that many past
-    samples on the first connection. ``on_state`` is called with each
+    samples on the first connection; ``open_limit``, a semaphore shared by many clients,
+    is held while opening a connection. ``on_state`` is called with each
     :class:`ConnectionState`. Iterate it with ``async for``; cancel the iterating task
     (or ``aclose()`` the iterator) to stop: the socket is closed on the way out.
     """
@@ -167,6 +168,8 @@ class StatusClient:
         on_state: Callable[[ConnectionState], None] | None = None,
         backoff: Callable[[int], float] = full_jitter,
         open_timeout: float = 10.0,
+        open_limit: asyncio.Semaphore | None = None,
+        compression: str | None = "deflate",
     ) -> None:
         self.url = endpoint_url(url)
         self._headers = {"Authorization": f"{scheme} {token}"} if token else {}
@@ -176,6 +179,10 @@ class StatusClient:
         self.on_state = on_state
         self.backoff = backoff
         self.open_timeout = open_timeout
+        #: Held while opening a connection: bounds how many clients open at once.
+        self.open_limit = open_limit
+        #: ``"deflate"`` offers permessage-deflate; None saves its memory per connection.
+        self.compression = compression
         self.state = ConnectionState("connecting")
         self.hello: Hello | None = None
         #: Time of the newest sample seen; older ones arriving later are dropped.
@@ -214,12 +221,14 @@ class StatusClient:
         while True:
             url = self._url_for_attempt()
             try:
-                ws = await websockets.connect(
-                    url,
-                    additional_headers=self._headers,
-                    open_timeout=self.open_timeout,
-                    user_agent_header=f"sysmon-nb/{_version()}",
-                )
+                async with self.open_limit or contextlib.nullcontext():
+                    ws = await websockets.connect(
+                        url,
+                        additional_headers=self._headers,
+                        open_timeout=self.open_timeout,
+                        compression=self.compression,
+                        user_agent_header=f"sysmon-nb/{_version()}",
+                    )
             except Exception as exc:
                 reason = _refusal(exc)
                 if reason is not None:

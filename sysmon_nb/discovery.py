@@ -113,3 +113,31 @@ def _list_running_servers() -> Iterable[Mapping[str, Any]]:
     from jupyter_server.serverapp import list_running_servers
 
     return list(list_running_servers())
+
+
+def discover_hub(
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    token_env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Target:
+    """The hub (public URL) and the token for the fleet view.
+
+    Explicit arguments, then ``SYSMON_HUB_URL`` / ``SYSMON_HUB_TOKEN`` (or the variable
+    ``token_env`` names). The kernel's own ``JUPYTERHUB_API_TOKEN`` is never used: it
+    is a server token and cannot list the hub's users.
+    """
+    env = os.environ if environ is None else environ
+    if token is None:
+        token = env.get(token_env or "SYSMON_HUB_TOKEN") or None
+    source = "arguments" if url else "SYSMON_HUB_URL"
+    url = url or env.get("SYSMON_HUB_URL") or None
+    if not url or not token:
+        raise DiscoveryError(
+            "the fleet view needs the hub's public URL and a token that may list its"
+            " servers: set SYSMON_HUB_URL and SYSMON_HUB_TOKEN (an admin's API token, or"
+            " one with custom:sysmon:read, list:users and read:servers), or pass"
+            " hub_url= and token="
+        )
+    return Target(url, token, source)

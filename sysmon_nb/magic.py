@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -175,7 +176,26 @@ def stop_all() -> int:
     monitors = list(running)
     for monitor in monitors:
         monitor.stop()
-    return len(monitors)
+    return len(monitors) + _stop_fleets()
+
+
+def _stop_fleets() -> int:
+    if "sysmon_nb.fleet_table" not in sys.modules:
+        return 0
+    from .fleet_table import stop_fleets
+
+    return stop_fleets()
+
+
+def show_fleet_from_magic(args: Any) -> None:
+    """``%sysmon --fleet``: the fleet table of the hub at ``--url`` (else
+    ``SYSMON_HUB_URL``), with the token in ``--token-env`` (else ``SYSMON_HUB_TOKEN``)."""
+    from .fleet_table import show_fleet
+
+    try:
+        show_fleet(args.url, token_env=args.token_env)
+    except ClientError as err:
+        raise UsageError(err.reason) from None
 
 
 @magics_class
@@ -199,6 +219,9 @@ class SysmonMagics(Magics):
     @magic_arguments.argument(
         "--history", type=int, default=None, help="past samples asked for on connect"
     )
+    @magic_arguments.argument(
+        "--fleet", action="store_true", help="a table of every server of a JupyterHub"
+    )
     @magic_arguments.argument("--url", default=None, help="the Jupyter server's URL")
     @magic_arguments.argument(
         "--token-env", default=None, help="environment variable that holds the token"
@@ -216,6 +239,9 @@ class SysmonMagics(Magics):
                 print("sysmon: no dashboard running")
             for monitor in running:
                 print(monitor)
+            return
+        if args.fleet:
+            show_fleet_from_magic(args)
             return
         show(
             args.url,

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_part_of_the_issue_has_a_module_and_a_title() -> None:
     assert list(PARTS) == [
         "sampler", "fanout", "compression", "slow", "peers", "widget", "idle", "latency",
+        "fleet",
     ]  # fmt: skip
     listing = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--list"],
@@ -61,7 +62,7 @@ def test_delivery_counts_lost_and_reordered_frames() -> None:
 @pytest.mark.timeout(120)
 def test_the_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    parts = ["sampler", "fanout", "widget", "idle"]
+    parts = ["sampler", "fanout", "widget", "idle", "fleet"]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", *parts, "--json", str(out)],
         cwd=ROOT,
@@ -80,6 +81,9 @@ def test_the_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     widget_cpu = by_name["kernel CPU per dashboard update (median)"]
     assert widget_cpu["value"] > 0 and widget_cpu["met"] is not None
     assert "121 points in the window" in widget_cpu["reason"]  # 10 min at 5 s, trimmed
+    fleet_full = by_name["time to a full table, N=5"]
+    assert fleet_full["value"] > 0 and fleet_full["met"] is not None
+    assert by_name["bytes to the front end per refresh, N=5"]["value"] > 0
     widget_bytes = by_name["bytes to the front end per update (median)"]
     assert widget_bytes["value"] > 0 and widget_bytes["reference_name"] == "its status frame"
     idle = by_name["idle server CPU per tick, 200 extra processes on the host"]

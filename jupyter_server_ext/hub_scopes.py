@@ -1,0 +1,138 @@
+"""Read-only monitoring credentials under JupyterHub: the ``custom:sysmon:read`` scope.
+
+A hub token whose scopes hold ``custom:sysmon:read`` (declared by the hub's
+``c.JupyterHub.custom_scopes``) may read this server's sysmon routes, and nothing
+else: unlike ``access:servers`` it cannot run code here. See DESIGN.md, "Fleet".
+
+How it fits jupyterhub's single-user extension: its identity provider
+(``JupyterHubIdentityProvider``) returns no user for a token without the server's
+``access_scopes`` (``access:servers!server=<user>/<name>`` and ``!user=<user>``), so
+every route refuses it. Only the sysmon handlers see :class:`ReaderIdentityProvider`
+instead (their ``identity_provider`` property): it asks the hub's provider first, and
+only when that one admits nobody does it look at the explicit token (header, or URL on
+a WebSocket; never a cookie) and ask the hub, without its cache, for the token's
+scopes. The scope required is each access scope with ``access:servers`` replaced by
+``custom:sysmon:read`` (so ``!user=`` and ``!server=`` filters for *this* server are
+honoured, and a filter for another user or server is not); ``check_scopes`` decides,
+as the hub's own does. Anything else (no token, unknown token, hub error, no
+``access:servers`` scope to derive from) admits nobody: the route answers 403.
+
+Every other route of the server keeps the hub's provider and authorizer unchanged.
+While connected, :func:`recheck_reader` re-asks the hub like any hub credential:
+revoked gives 4401, the scope gone 4403.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth import User
+from tornado import web
+
+from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
+
+__all__ = [
+    "SYSMON_READ_SCOPE",
+    "HubReader",
+    "ReaderIdentityProvider",
+    "admit_reader",
+    "read_scopes",
+    "recheck_reader",
+    "with_readers",
+]
+
+log = logging.getLogger(__name__)
+
+#: The custom scope of read-only monitoring; a hub declares it in ``custom_scopes``.
+SYSMON_READ_SCOPE = "custom:sysmon:read"
+_ACCESS = "access:servers"
+
+
+class HubReader(User):
+    """A hub user or service admitted to the sysmon routes by ``custom:sysmon:read``
+    alone. ``hub_user`` is the hub's model of the token; ``granted`` the scopes that
+    admitted it."""
+
+    hub_user: dict[str, Any]
+    granted: frozenset[str]
+
+    def __init__(self, hub_user: dict[str, Any], granted: Iterable[str]) -> None:
+        super().__init__(username=str(hub_user["name"]))
+        self.hub_user = hub_user
+        self.granted = frozenset(granted)
+
+
+def read_scopes(access_scopes: Iterable[str]) -> set[str]:
+    """The read scopes that stand for this server's ``access:servers`` scopes:
+    ``access:servers!server=bob/`` gives ``custom:sysmon:read!server=bob/``. An
+    unfiltered ``access:servers`` is never derived from (it would admit every reader
+    of every server) and other access scopes (services) give nothing."""
+    scopes = set()
+    for scope in access_scopes:
+        name, sep, scope_filter = scope.partition("!")
+        if name == _ACCESS and sep and scope_filter:
+            scopes.add(f"{SYSMON_READ_SCOPE}!{scope_filter}")
+    return scopes
+
+
+async def admit_reader(hub_auth: Any, handler: Any) -> HubReader | None:
+    """The reader behind ``handler``'s explicit token, or None (refused)."""
+    token = hub_auth.get_token(handler, in_cookie=False)
+    if not token:
+        return None
+    required = read_scopes(hub_auth.access_scopes)
+    if not required:
+        log.warning("sysmon: no access:servers scope to check %s against", SYSMON_READ_SCOPE)
+        return None
+    model = await hub_auth.user_for_token(token, use_cache=False, sync=False)
+    if not isinstance(model, dict) or not model.get("name"):
+        return None
+    granted = hub_auth.check_scopes(required, model)
+    if not granted:
+        raise web.HTTPError(
+            403,
+            f"{model.get('kind', 'user')} {model['name']} may not read this server:"
+            f" it needs {_ACCESS} or {' or '.join(sorted(required))}",
+        )
+    return HubReader(model, granted)
+
+
+class ReaderIdentityProvider:
+    """The hub's identity provider for the sysmon routes, admitting readers too.
+
+    Everything but :meth:`get_user` is the wrapped provider's.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.hub_auth = inner.hub_auth
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get_user(self, handler: Any) -> Any:
+        user = await ensure_async(self._inner.get_user(handler))
+        if user is not None:
+            return user
+        return await admit_reader(self.hub_auth, handler)
+
+
+def with_readers(identity_provider: Any) -> Any:
+    """``identity_provider`` for the sysmon routes: wrapped under JupyterHub (it has a
+    ``hub_auth``), unchanged otherwise."""
+    if getattr(identity_provider, "hub_auth", None) is None:
+        return identity_provider
+    return ReaderIdentityProvider(identity_provider)
+
+
+async def recheck_reader(hub_auth: Any, token: str, user: HubReader) -> tuple[int, str] | None:
+    """Ask the hub again, without its cache, whether ``token`` still reads this server."""
+    model = await hub_auth.user_for_token(token, use_cache=False, sync=False)
+    if not isinstance(model, dict) or model.get("name") != user.username:
+        return (CLOSE_CREDENTIALS_EXPIRED, "credentials expired or revoked")
+    if not hub_auth.check_scopes(read_scopes(hub_auth.access_scopes), model):
+        return (CLOSE_NOT_ADMIN, f"no longer holds {SYSMON_READ_SCOPE}")
+    return None

@@ -1,0 +1,224 @@
+"""The fleet against a real JupyterHub (tests/hub.py): six servers of five users, an
+admin's token, a user's token, and read-only ``custom:sysmon:read`` tokens.
+
+Users: ``ada`` is a hub admin; ``rita`` reads sysmon through the ``readers`` group
+(role ``sysmon-reader``: ``custom:sysmon:read``, ``list:users``, ``read:servers``);
+ben, cat, dan, eve and fay run servers (ben a named one too, ``gpu``); gus starts while
+the fleet runs and fay stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+
+from sysmon_nb.fleet import FleetClient, FleetRefusedError
+from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
+
+from .conftest import eventually, recv_json, recv_type
+from .hub import Hub
+
+REVALIDATE_INTERVAL = 1.0
+RUNNING = [("ben", ""), ("ben", "gpu"), ("cat", ""), ("dan", ""), ("eve", ""), ("fay", "")]
+READER_SCOPES = ["custom:sysmon:read", "list:users", "read:servers"]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    running = Hub(
+        tmp_path_factory.mktemp("fleet-hub"),
+        users={"ada", "rita", "ben", "cat", "dan", "eve", "fay", "gus"},
+        admins={"ada"},
+        groups={"readers": {"users": ["rita"]}},
+        roles=[{"name": "sysmon-reader", "scopes": READER_SCOPES, "groups": ["readers"]}],
+        sysmon={
+            "interval": 0.5,
+            "metrics": ["cpu", "memory", "disk", "jupyter"],
+            "revalidate_interval": REVALIDATE_INTERVAL,
+        },
+    )
+    try:
+        running.start()
+        running.start_servers(RUNNING)
+        yield running
+    finally:
+        running.stop()
+
+
+def ws_url(hub: Hub, user: str, name: str = "") -> str:
+    server = f"{user}/{name}/" if name else f"{user}/"
+    return f"ws://127.0.0.1:{hub.public_port}/user/{server}sysmon/ws?metrics=cpu"
+
+
+def connect(hub: Hub, token: str, user: str, name: str = "") -> Any:
+    return websockets.connect(
+        ws_url(hub, user, name),
+        additional_headers={"Authorization": f"token {token}"},
+        open_timeout=30,
+    )
+
+
+def get(hub: Hub, path: str, token: str) -> tuple[int, str]:
+    """GET ``path`` under the proxy (``user/ben/api/kernels``): (status, body)."""
+    request = urllib.request.Request(
+        f"{hub.url}/{path}", headers={"Authorization": f"token {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.read().decode(errors="replace")
+
+
+async def refused(hub: Hub, token: str, user: str, name: str = "") -> tuple[int, str]:
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        async with connect(hub, token, user, name):
+            pass
+    response = excinfo.value.response
+    return response.status_code, response.body.decode(errors="replace")
+
+
+async def closed_code(ws: Any, timeout: float) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    with pytest.raises(websockets.ConnectionClosed) as excinfo:
+        while time.monotonic() < deadline:
+            await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+    assert excinfo.value.rcvd is not None, "closed without a close frame"
+    return excinfo.value.rcvd.code, excinfo.value.rcvd.reason
+
+
+def streaming(fleet: FleetClient, keys: list[tuple[str, str]]) -> bool:
+    return all(k in fleet.servers and fleet.servers[k].samples > 0 for k in keys)
+
+
+async def watch(fleet: FleetClient) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(fleet.run())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.timeout(300)
+async def test_admin_fleet_follows_servers_that_stop_and_start(hub: Hub) -> None:
+    token = hub.new_token("ada")["token"]
+    fleet = FleetClient(hub.url, token, refresh_interval=0.5)
+    task = await watch(fleet)
+    try:
+        await eventually(lambda: streaming(fleet, RUNNING), timeout=60)
+        # users without a running server are listed, stopped
+        assert fleet.servers[("ada", "")].state() == "stopped"
+        assert fleet.servers[("gus", "")].hub_state == "stopped"
+        summary = fleet.servers[("ben", "gpu")].summary
+        assert summary is not None and summary.cpu_percent is not None
+        assert summary.kernels == 0
+        assert fleet.owner is not None and fleet.owner["name"] == "ada"
+
+        hub.stop_server("fay")
+        code, _ = hub.api("POST", "/users/gus/server")
+        assert code in (201, 202)
+        await eventually(lambda: fleet.servers[("fay", "")].state() == "stopped", timeout=60)
+        assert fleet.servers[("fay", "")].task is None
+        await eventually(lambda: streaming(fleet, [("gus", "")]), timeout=120)
+        assert fleet.servers[("gus", "")].state() == "connected"
+    finally:
+        await stop(task)
+    assert all(s.task is None for s in fleet.servers.values())
+
+
+@pytest.mark.timeout(120)
+async def test_a_users_own_token_is_refused_naming_the_scopes(hub: Hub) -> None:
+    token = hub.new_token("cat")["token"]
+    fleet = FleetClient(hub.url, token, refresh_interval=0.1)
+    with pytest.raises(FleetRefusedError) as excinfo:
+        await asyncio.wait_for(fleet.run(), 30)
+    assert "'cat'" in excinfo.value.reason
+    assert "list:users" in excinfo.value.reason
+    assert fleet.listings == 0 and not fleet.servers
+    # a token the hub does not know at all
+    fleet = FleetClient(hub.url, "not-a-token")
+    with pytest.raises(FleetRefusedError, match="refused this token"):
+        await asyncio.wait_for(fleet.run(), 30)
+    # list and read, but neither access:servers nor custom:sysmon:read
+    token = hub.new_token("rita", ["list:users", "read:servers"])["token"]
+    with pytest.raises(FleetRefusedError, match=r"custom:sysmon:read \(or access:servers\)"):
+        await asyncio.wait_for(FleetClient(hub.url, token).run(), 30)
+
+
+@pytest.mark.timeout(180)
+async def test_a_read_only_token_streams_every_server_and_nothing_else(hub: Hub) -> None:
+    token = hub.new_token("rita", READER_SCOPES)["token"]
+    fleet = FleetClient(hub.url, token, refresh_interval=1.0)
+    task = await watch(fleet)
+    try:
+        await eventually(lambda: len(fleet.servers) > 0, timeout=30)
+        ready = [k for k, s in fleet.servers.items() if s.hub_state == "ready"]
+        assert set(RUNNING) - {("fay", "")} <= set(ready)
+        await eventually(lambda: streaming(fleet, ready), timeout=60)
+    finally:
+        await stop(task)
+    # the same token reads sysmon's latest sample, and nothing else on the server
+    code, body = get(hub, "user/ben/sysmon/api/status", token)
+    assert code == 200 and "cpu" in json.loads(body)
+    for path in ("user/ben/api/kernels", "user/ben/api/contents", "user/ben/gpu/api/sessions"):
+        code, _ = get(hub, path, token)
+        assert code == 403, path
+    code, _ = hub.api("GET", "/users", token=token)
+    assert code == 200
+
+
+@pytest.mark.timeout(180)
+async def test_read_only_refusals_filters_and_revocation(hub: Hub) -> None:
+    # filtered to one user: that user's servers, named included; nobody else's
+    only_ben = hub.new_token("rita", ["custom:sysmon:read!user=ben"])["token"]
+    for name in ("", "gpu"):
+        async with connect(hub, only_ben, "ben", name) as ws:
+            assert (await recv_json(ws, timeout=30))["type"] == "hello"
+    code, body = await refused(hub, only_ben, "cat")
+    assert code == 403
+    assert "needs access:servers or custom:sysmon:read!server=cat/" in body
+    # filtered to one server
+    ben_default = hub.new_token("rita", ["custom:sysmon:read!server=ben/"])["token"]
+    async with connect(hub, ben_default, "ben") as ws:
+        assert (await recv_json(ws, timeout=30))["type"] == "hello"
+    assert (await refused(hub, ben_default, "ben", "gpu"))[0] == 403
+    # without the scope: refused, and no other route lets it in either
+    no_read = hub.new_token("rita", ["read:servers"])["token"]
+    assert (await refused(hub, no_read, "ben"))[0] == 403
+    assert get(hub, "user/ben/sysmon/api/status", no_read)[0] == 403
+    # another user's (non-admin) token on ben's server
+    assert (await refused(hub, hub.new_token("cat")["token"], "ben"))[0] == 403
+
+    # revoked while connected: 4401 within a re-check
+    reader = hub.new_token("rita", ["custom:sysmon:read"])
+    async with connect(hub, reader["token"], "dan") as ws:
+        assert (await recv_json(ws, timeout=30))["type"] == "hello"
+        assert "cpu" in await recv_type(ws, "status")
+        code, _ = hub.api("DELETE", f"/users/rita/tokens/{reader['id']}")
+        assert code == 204
+        code, reason = await closed_code(ws, timeout=REVALIDATE_INTERVAL + 20)
+        assert (code, reason) == (CLOSE_CREDENTIALS_EXPIRED, "credentials expired or revoked")
+    assert get(hub, "user/dan/sysmon/api/status", reader["token"])[0] == 403
+
+    # the scope withdrawn while connected (rita leaves the readers group): 4403
+    reader = hub.new_token("rita", ["custom:sysmon:read"])
+    try:
+        async with connect(hub, reader["token"], "eve") as ws:
+            assert (await recv_json(ws, timeout=30))["type"] == "hello"
+            code, _ = hub.api("DELETE", "/groups/readers/users", {"users": ["rita"]})
+            assert code == 200
+            code, reason = await closed_code(ws, timeout=REVALIDATE_INTERVAL + 20)
+            assert (code, reason) == (CLOSE_NOT_ADMIN, "no longer holds custom:sysmon:read")
+    finally:
+        hub.api("POST", "/groups/readers/users", {"users": ["rita"]})
