@@ -35,6 +35,7 @@ from .collectors import (
 from .errors import ConfigError
 from .gpu import GpuCollector
 from .handlers import StatusAPIHandler, StatusWebSocketHandler
+from .metrics import EXPORTER
 from .sampler import Collector, Sampler
 
 #: How long the sampler waits for the server's managers to answer (s).
@@ -113,6 +114,13 @@ class SysmonExtension(ExtensionApp):
         8,
         help="Frames queued for a client that reads slowly; beyond this the oldest "
         "queued frame is dropped (the newest data wins).",
+    ).tag(config=True)
+
+    prometheus = Bool(
+        True,
+        help="Export the latest sample as sysmon_* metrics on the server's own /metrics "
+        "(Prometheus), under the server's ServerApp.authenticate_prometheus rule. A "
+        "scrape reads the last sample; it never samples.",
     ).tag(config=True)
 
     @default("allow_owner")
@@ -219,6 +227,8 @@ class SysmonExtension(ExtensionApp):
             return  # the extension failed to load; nothing to start
         self._loop = asyncio.get_running_loop()
         self.sampler.start()
+        if self.prometheus:
+            EXPORTER.attach(self)
         settings = serverapp.web_app.settings
         interval_ms = settings.get("ws_ping_interval", WS_PING_INTERVAL)
         if interval_ms > 0:
@@ -232,6 +242,7 @@ class SysmonExtension(ExtensionApp):
         """Stop sampling and close every connection with 1001."""
         if not hasattr(self, "sampler"):
             return
+        EXPORTER.detach(self)
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
