@@ -240,9 +240,7 @@ def test_labels_are_bounded_never_a_pid_or_process_name() -> None:
 
 def test_collector_up_is_zero_while_a_group_fails_or_is_stale() -> None:
     groups = {"cpu": {"percent": 5.0}, "memory": {"total_bytes": 1}}
-    status = full_status(
-        groups=groups, errors={"gpu": "NVML error", "memory": "late"}, stale={"memory": 12.0}
-    )
+    status = full_status(groups=groups, errors={"gpu": "NVML error"}, stale={"memory": 12.0})
     m = scrape(status)
     assert m["sysmon_collector_up"] == {
         (("group", "cpu"),): 1.0,
