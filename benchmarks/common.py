@@ -47,6 +47,7 @@ class Settings:
     peers_clients: int = 100
     widget_measured: int = 300
     widget_long_run: int = 3000
+    prometheus_scrapes: int = 200
     #: how long a server's CPU with no client is read, to subtract it (s)
     idle_seconds: float = 5.0
     #: frames arriving this long after their window closed count as lost (s)
@@ -69,6 +70,7 @@ class Settings:
             peers_clients=4,
             widget_measured=20,
             widget_long_run=200,
+            prometheus_scrapes=6,
             idle_seconds=1.0,
             late_after=1.0,
             warm_up=False,

@@ -4,6 +4,8 @@ this checks that ``make bench`` works, not how fast anything is)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_part_of_the_issue_has_a_module_and_a_title() -> None:
-    assert list(PARTS) == ["sampler", "fanout", "compression", "slow", "peers", "widget"]
+    assert list(PARTS) == [
+        "sampler", "fanout", "compression", "slow", "peers", "widget", "prometheus",
+    ]  # fmt: skip
     listing = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--list"],
         cwd=ROOT,
@@ -76,3 +80,26 @@ def test_the_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert "121 points in the window" in widget_cpu["reason"]  # 10 min at 5 s, trimmed
     widget_bytes = by_name["bytes to the front end per update (median)"]
     assert widget_bytes["value"] > 0 and widget_bytes["reference_name"] == "its status frame"
+
+
+def test_the_prometheus_part_runs_on_tiny_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "prometheus", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "goal <= 2 ms" in run.stdout
+    by_name = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    scrape = by_name["server CPU per /metrics scrape"]
+    assert scrape["value"] >= 0 and scrape["met"] is not None
+    fed = by_name["sampler tick + scrape (server CPU)"]
+    if shutil.which("prometheus-node-exporter") or os.environ.get("CI"):
+        assert fed["reference_name"] == "node_exporter scrape" and fed["reference"] > 0
+        assert fed["met"] is not None
+    else:
+        assert fed["met"] is None and "not installed" in fed["reason"]
+    assert by_name["sysmon collector alone (generate_latest, in process, median)"]["value"] > 0

@@ -1,0 +1,250 @@
+"""Part 7: what a Prometheus scrape of the server costs, against node_exporter.
+
+A real jupyter server with the extension (default settings, ``interval=1``) and Debian's
+``prometheus-node-exporter`` (its default collectors) run side by side and are scraped
+the same way: one keep-alive connection each, the headers Prometheus 2.42 sends (its
+``Accept`` and ``Accept-Encoding: gzip``), a pause between scrapes, the two servers in
+turn. Each scrape's cost is the server process's CPU (user + system) over the block of
+scrapes, less its CPU rate with no scrape (read just before), per scrape.
+
+- our scrape: the server's whole ``/metrics`` (jupyter_server's own metrics and ours),
+  and the same for a server with ``prometheus = False`` (jupyter_server's alone), so
+  that what sysmon's families add shows;
+- the sampler tick that feeds it: the server's CPU per tick with nobody scraping or
+  connected (the sampler thread and what the loop does for it);
+- our collector alone: ``generate_latest`` of the sysmon families of a real sample, in
+  this process (no HTTP, no jupyter_server metrics).
+
+Goals: our scrape <= 2 ms; sampler tick + scrape <= 0.5x node_exporter's scrape.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from jupyter_server_ext.metrics import Exporter
+
+from .common import (
+    AUTH,
+    Bench,
+    Result,
+    Server,
+    _preexec,
+    free_port,
+    jupyter_server,
+    median,
+    wait_http,
+)
+from .sampler import cpu_ms, default_sampler
+
+TITLE = "Prometheus scrape cost, against node_exporter"
+SCRAPE_GOAL_MS = 2.0
+NODE_GOAL = 0.5
+NODE_EXPORTER = "prometheus-node-exporter"
+#: What Prometheus 2.42 (Debian's) sends with each scrape.
+SCRAPE_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+    "User-Agent": "Prometheus/2.42.0",
+    "X-Prometheus-Scrape-Timeout-Seconds": "10",
+}
+#: Scrapes per block; the servers take turns block by block.
+BLOCK = 10
+#: Pause between two scrapes of one server (s): separate scrapes, not a hot loop.
+PAUSE = 0.05
+
+
+class Scraper:
+    """One keep-alive HTTP connection to a server's metrics path."""
+
+    def __init__(self, server: Server, path: str, auth: str | None) -> None:
+        self.server = server
+        self.path = path
+        self.headers = dict(SCRAPE_HEADERS)
+        if auth:
+            self.headers["Authorization"] = auth
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        self.bytes = 0
+
+    def scrape(self) -> None:
+        self.conn.request("GET", self.path, headers=self.headers)
+        reply = self.conn.getresponse()
+        body = reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"{self.server.name}: {self.path} answered {reply.status}")
+        self.bytes = len(body)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def node_exporter(workdir: Path) -> Server | None:
+    """Debian's node_exporter on 127.0.0.1 with its default collectors, or ``None``
+    where it is not installed."""
+    binary = shutil.which(NODE_EXPORTER)
+    if binary is None:
+        return None
+    port = free_port()
+    log = workdir / f"node-exporter-{port}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [binary, f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_preexec,
+        )
+    server = Server("node_exporter", popen, port, "", log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/metrics", {})
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+class Tally:
+    """CPU spent by a server on scrapes: per block, less its idle rate."""
+
+    def __init__(self, scraper: Scraper, idle_rate: float) -> None:
+        self.scraper = scraper
+        self.idle_rate = idle_rate
+        self.busy = 0.0
+        self.scrapes = 0
+
+    def block(self, count: int) -> None:
+        server = self.scraper.server
+        cpu, start = server.cpu(), time.monotonic()
+        for _ in range(count):
+            self.scraper.scrape()
+            time.sleep(PAUSE)
+        elapsed = time.monotonic() - start
+        self.busy += (server.cpu() - cpu) - self.idle_rate * elapsed
+        self.scrapes += count
+
+    @property
+    def ms_per_scrape(self) -> float:
+        return 1000 * self.busy / self.scrapes
+
+
+def collector_alone(rounds: int) -> float:
+    """Median CPU ms of ``generate_latest`` over the sysmon families of a real sample
+    (default groups, top-5 processes), in this process."""
+    sampler = default_sampler(top_processes=5)
+    sampler.sample_once()
+    time.sleep(0.2)
+    status = sampler.sample_once()
+    sampler.stop()
+    registry = CollectorRegistry()
+    source = SimpleNamespace(broadcaster=SimpleNamespace(latest=status), log=None)
+    Exporter(registry).attach(source)
+    generate_latest(registry)
+    return median([cpu_ms(lambda: generate_latest(registry)) for _ in range(rounds)]) or 0.0
+
+
+def run(bench: Bench) -> list[Result]:
+    s = bench.settings
+    scrapes = s.prometheus_scrapes
+    alone = collector_alone(scrapes)
+    ours = bench.sysmon_server()
+    servers = [ours]
+    try:
+        bare = jupyter_server(
+            bench.workdir,
+            extensions={"jupyter_server_ext": True, "jupyter_resource_usage": False},
+            sysmon={"interval": s.interval, "prometheus": False},
+            name="jupyter_server without sysmon's metrics",
+        )
+        servers.append(bare)
+        theirs = node_exporter(bench.workdir)
+        if theirs is not None:
+            servers.append(theirs)
+        scrapers = []
+        for server in servers:
+            scraper = Scraper(server, "/metrics", None if server is theirs else AUTH)
+            for _ in range(3):  # first scrapes: imports, caches, connection set-up
+                scraper.scrape()
+            scrapers.append(scraper)
+        idle_seconds = max(s.idle_seconds, 10 * s.interval) if s.warm_up else s.idle_seconds
+        rates = [bench_idle(server, idle_seconds) for server in servers]
+        tick_ms = 1000 * rates[0] * s.interval
+        tallies = [Tally(scraper, rate) for scraper, rate in zip(scrapers, rates)]
+        done = 0
+        while done < scrapes:
+            count = min(BLOCK, scrapes - done)
+            for tally in random.sample(tallies, len(tallies)):
+                tally.block(count)
+            done += count
+        for scraper in scrapers:
+            scraper.close()
+    finally:
+        for server in servers:
+            server.stop()
+    ours_ms, bare_ms = tallies[0].ms_per_scrape, tallies[1].ms_per_scrape
+    node_ms = tallies[2].ms_per_scrape if theirs is not None else None
+    print(
+        f"  {scrapes} scrapes each: sysmon-nb /metrics {ours_ms:.3g} ms "
+        f"({scrapers[0].bytes} B), the same server without sysmon's metrics {bare_ms:.3g} ms "
+        f"({scrapers[1].bytes} B), sampler tick {tick_ms:.3g} ms, collector alone "
+        f"{alone:.3g} ms; "
+        + (
+            f"node_exporter {node_ms:.3g} ms ({scrapers[2].bytes} B gzip)"
+            if node_ms is not None
+            else f"node_exporter not measured ({NODE_EXPORTER} is not installed)"
+        ),
+        flush=True,
+    )
+    fed = tick_ms + ours_ms
+    return [
+        Result(
+            "prometheus",
+            "server CPU per /metrics scrape",
+            ours_ms,
+            "ms",
+            node_ms,
+            "node_exporter scrape",
+            goal=f"<= {SCRAPE_GOAL_MS:g} ms",
+            met=ours_ms <= SCRAPE_GOAL_MS,
+        ),
+        Result(
+            "prometheus",
+            "of which sysmon's metrics (the scrape less the same server's without them)",
+            ours_ms - bare_ms,
+            "ms",
+            bare_ms,
+            "/metrics without sysmon",
+        ),
+        Result(
+            "prometheus",
+            "sampler tick + scrape (server CPU)",
+            fed,
+            "ms",
+            node_ms,
+            "node_exporter scrape",
+            goal=f"<= {NODE_GOAL}x node_exporter's scrape",
+            met=None if node_ms is None else fed <= NODE_GOAL * node_ms,
+            reason=f"tick {tick_ms:.3g} ms + scrape {ours_ms:.3g} ms"
+            + ("" if node_ms is not None else f"; {NODE_EXPORTER} is not installed"),
+        ),
+        Result(
+            "prometheus",
+            "sysmon collector alone (generate_latest, in process, median)",
+            alone,
+            "ms",
+        ),
+    ]
+
+
+def bench_idle(server: Server, seconds: float) -> float:
+    """The server's CPU seconds per second with nothing asking it anything."""
+    cpu, start = server.cpu(), time.monotonic()
+    time.sleep(seconds)
+    return (server.cpu() - cpu) / (time.monotonic() - start)
