@@ -27,7 +27,7 @@ $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[bench]"
 	touch $@
 
-# Parts: sampler fanout compression slow peers widget (default: all). See benchmarks/README.md.
+# Parts: sampler fanout compression slow peers widget prometheus (default: all). See benchmarks/README.md.
 PARTS ?=
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks $(PARTS)

@@ -3,15 +3,17 @@
 A real jupyter server with the extension (default settings, ``interval=1``) and Debian's
 ``prometheus-node-exporter`` (its default collectors) run side by side and are scraped
 the same way: one keep-alive connection each, the headers Prometheus 2.42 sends (its
-``Accept`` and ``Accept-Encoding: gzip``), a pause between scrapes, the two servers in
-turn. Each scrape's cost is the server process's CPU (user + system) over the block of
-scrapes, less its CPU rate with no scrape (read just before), per scrape.
+``Accept`` and ``Accept-Encoding: gzip``), a pause between scrapes, the servers taking
+turns block by block. A scrape's cost is CPU (user + system) over each block, less the
+same CPU's rate with no scrape (read just before), per scrape:
 
-- our scrape: the server's whole ``/metrics`` (jupyter_server's own metrics and ours),
-  and the same for a server with ``prometheus = False`` (jupyter_server's alone), so
-  that what sysmon's families add shows;
-- the sampler tick that feeds it: the server's CPU per tick with nobody scraping or
-  connected (the sampler thread and what the loop does for it);
+- our scrape: the jupyter server's event-loop thread, where ``/metrics`` is served from
+  start to end (the sampler's thread is left out, so its ticks add no noise); the whole
+  ``/metrics``, jupyter_server's own metrics and ours, and the same for a server with
+  ``prometheus = False`` (jupyter_server's alone), so that what sysmon adds shows;
+- node_exporter's scrape: its whole process (Go: the work spreads over threads);
+- the sampler tick that feeds it: the median CPU of a tick of the collectors a server
+  runs by default (the top-5 process walk included), in this process, as part 1;
 - our collector alone: ``generate_latest`` of the sysmon families of a real sample, in
   this process (no HTTP, no jupyter_server metrics).
 
@@ -25,6 +27,7 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,20 +117,22 @@ def node_exporter(workdir: Path) -> Server | None:
 class Tally:
     """CPU spent by a server on scrapes: per block, less its idle rate."""
 
-    def __init__(self, scraper: Scraper, idle_rate: float) -> None:
+    def __init__(self, scraper: Scraper, cpu: Callable[[], float], seconds: float) -> None:
         self.scraper = scraper
-        self.idle_rate = idle_rate
+        self.cpu = cpu
+        before, start = cpu(), time.monotonic()
+        time.sleep(seconds)
+        self.idle_rate = (cpu() - before) / (time.monotonic() - start)
         self.busy = 0.0
         self.scrapes = 0
 
     def block(self, count: int) -> None:
-        server = self.scraper.server
-        cpu, start = server.cpu(), time.monotonic()
+        cpu, start = self.cpu(), time.monotonic()
         for _ in range(count):
             self.scraper.scrape()
             time.sleep(PAUSE)
         elapsed = time.monotonic() - start
-        self.busy += (server.cpu() - cpu) - self.idle_rate * elapsed
+        self.busy += (self.cpu() - cpu) - self.idle_rate * elapsed
         self.scrapes += count
 
     @property
@@ -135,25 +140,31 @@ class Tally:
         return 1000 * self.busy / self.scrapes
 
 
-def collector_alone(rounds: int) -> float:
-    """Median CPU ms of ``generate_latest`` over the sysmon families of a real sample
-    (default groups, top-5 processes), in this process."""
+def in_process(rounds: int) -> tuple[float, float]:
+    """Median CPU ms of a sampler tick (the default collectors, top-5 walk included) and
+    of ``generate_latest`` over the sysmon families of its sample, in this process."""
     sampler = default_sampler(top_processes=5)
-    sampler.sample_once()
-    time.sleep(0.2)
+    for _ in range(2):  # prime: rates, the process table
+        sampler.sample_once()
+        time.sleep(0.1)
+    ticks = []
+    for _ in range(rounds):
+        ticks.append(cpu_ms(sampler.sample_once))
+        time.sleep(0.01)
     status = sampler.sample_once()
     sampler.stop()
     registry = CollectorRegistry()
     source = SimpleNamespace(broadcaster=SimpleNamespace(latest=status), log=None)
     Exporter(registry).attach(source)
     generate_latest(registry)
-    return median([cpu_ms(lambda: generate_latest(registry)) for _ in range(rounds)]) or 0.0
+    scrapes = [cpu_ms(lambda: generate_latest(registry)) for _ in range(rounds)]
+    return median(ticks) or 0.0, median(scrapes) or 0.0
 
 
 def run(bench: Bench) -> list[Result]:
     s = bench.settings
     scrapes = s.prometheus_scrapes
-    alone = collector_alone(scrapes)
+    tick_ms, alone = in_process(s.sampler_ticks)
     ours = bench.sysmon_server()
     servers = [ours]
     try:
@@ -173,10 +184,10 @@ def run(bench: Bench) -> list[Result]:
             for _ in range(3):  # first scrapes: imports, caches, connection set-up
                 scraper.scrape()
             scrapers.append(scraper)
-        idle_seconds = max(s.idle_seconds, 10 * s.interval) if s.warm_up else s.idle_seconds
-        rates = [bench_idle(server, idle_seconds) for server in servers]
-        tick_ms = 1000 * rates[0] * s.interval
-        tallies = [Tally(scraper, rate) for scraper, rate in zip(scrapers, rates)]
+        tallies = [
+            Tally(scraper, server.cpu if server is theirs else server.loop_cpu, s.idle_seconds)
+            for scraper, server in zip(scrapers, servers)
+        ]
         done = 0
         while done < scrapes:
             count = min(BLOCK, scrapes - done)
@@ -241,10 +252,3 @@ def run(bench: Bench) -> list[Result]:
             "ms",
         ),
     ]
-
-
-def bench_idle(server: Server, seconds: float) -> float:
-    """The server's CPU seconds per second with nothing asking it anything."""
-    cpu, start = server.cpu(), time.monotonic()
-    time.sleep(seconds)
-    return (server.cpu() - cpu) / (time.monotonic() - start)
