@@ -234,11 +234,16 @@ _USER_FIELDS = (
 )
 # fmt: on
 
-#: The sample groups this module turns into metrics (``want`` is told these).
+#: The sample groups this module turns into metrics.
 EXPORTED_GROUPS: tuple[str, ...] = (
     "cpu", "memory", "disk", "network", "processes", "container", "gpu", "jupyter", "users",
     "alerts",
 )  # fmt: skip
+
+#: What a scrape asks the sampler to keep sampling (``want``): every exported group but
+#: ``processes``, whose top lists (the costly walk) are never exported; its count is,
+#: whenever the sample has it.
+WANTED_GROUPS: tuple[str, ...] = tuple(g for g in EXPORTED_GROUPS if g != "processes")
 
 
 def _number(value: object) -> float | None:
@@ -454,8 +459,8 @@ class Exporter:
 def _offered(source: Source) -> tuple[str, ...]:
     offered: Sequence[str] | None = getattr(source, "metrics", None)
     if offered is None:
-        return EXPORTED_GROUPS
-    return tuple(g for g in EXPORTED_GROUPS if g in offered)
+        return WANTED_GROUPS
+    return tuple(g for g in WANTED_GROUPS if g in offered)
 
 
 #: The exporter behind jupyter_server's ``/metrics``.
