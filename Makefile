@@ -27,8 +27,8 @@ $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[bench]"
 	touch $@
 
-# Parts: sampler fanout compression slow peers widget idle latency fleet (default: all).
-# See benchmarks/README.md.
+# Parts: sampler fanout compression slow peers widget idle latency fleet prometheus
+# (default: all). See benchmarks/README.md.
 PARTS ?=
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks $(PARTS)

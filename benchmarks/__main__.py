@@ -1,9 +1,9 @@
 """``python -m benchmarks [part ...]``: run the parts (all by default) and print each
 figure beside its reference from the same run, the ratio, and the goal: MET or MISSED.
 
-Parts: sampler, fanout, compression, slow, peers, widget, idle, latency, fleet.
-``--quick`` runs tiny sizes (a check that the harness works, not a measurement).
-``--json PATH`` also writes the results as JSON.
+Parts: sampler, fanout, compression, slow, peers, widget, idle, latency, fleet,
+prometheus. ``--quick`` runs tiny sizes (a check that the harness works, not a
+measurement). ``--json PATH`` also writes the results as JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from types import ModuleType
 
 import psutil
 
-from . import compression, fanout, fleet, idle, latency, peers, sampler, slow, widget
+from . import compression, fanout, fleet, idle, latency, peers, prometheus, sampler, slow, widget
 from .common import Bench, Result, Settings, raise_nofile, workspace
 
 PARTS: dict[str, ModuleType] = {
@@ -31,6 +31,7 @@ PARTS: dict[str, ModuleType] = {
     "idle": idle,
     "latency": latency,
     "fleet": fleet,
+    "prometheus": prometheus,
 }
 
 

@@ -48,6 +48,7 @@ class Settings:
     widget_measured: int = 300
     widget_long_run: int = 3000
     latency_samples: int = 120
+    prometheus_scrapes: int = 200
     #: how long a server's CPU with no client is read, to subtract it (s)
     idle_seconds: float = 5.0
     #: frames arriving this long after their window closed count as lost (s)
@@ -71,6 +72,7 @@ class Settings:
             widget_measured=20,
             widget_long_run=200,
             latency_samples=6,
+            prometheus_scrapes=6,
             idle_seconds=1.0,
             late_after=1.0,
             warm_up=False,

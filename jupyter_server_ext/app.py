@@ -40,6 +40,7 @@ from .errors import ConfigError
 from .gpu import GpuCollector
 from .handlers import StatusAPIHandler, StatusWebSocketHandler
 from .kernels import KernelDeaths, unix_time
+from .metrics import EXPORTER
 from .sampler import Collector, Sampler, default_timeout
 
 #: How long the sampler waits for the server's managers to answer (s).
@@ -159,6 +160,13 @@ class SysmonExtension(ExtensionApp):
         if not value > 0:
             raise ConfigError(f"SysmonExtension.collector_timeout must be > 0 seconds, got {value}")
         return value
+
+    prometheus = Bool(
+        True,
+        help="Export the latest sample as sysmon_* metrics on the server's own /metrics "
+        "(Prometheus), under the server's ServerApp.authenticate_prometheus rule. A "
+        "scrape reads the last sample; it never samples.",
+    ).tag(config=True)
 
     @default("allow_owner")
     def _default_allow_owner(self) -> bool:
@@ -288,6 +296,8 @@ class SysmonExtension(ExtensionApp):
             return  # the extension failed to load; nothing to start
         self._loop = asyncio.get_running_loop()
         self.sampler.start()
+        if self.prometheus:
+            EXPORTER.attach(self)
         settings = serverapp.web_app.settings
         interval_ms = settings.get("ws_ping_interval", WS_PING_INTERVAL)
         if interval_ms > 0:
@@ -301,6 +311,7 @@ class SysmonExtension(ExtensionApp):
         """Stop sampling and close every connection with 1001."""
         if not hasattr(self, "sampler"):
             return
+        EXPORTER.detach(self)
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_part_of_the_issue_has_a_module_and_a_title() -> None:
     assert list(PARTS) == [
         "sampler", "fanout", "compression", "slow", "peers", "widget", "idle", "latency",
-        "fleet",
+        "fleet", "prometheus",
     ]  # fmt: skip
     listing = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--list"],
@@ -122,3 +123,26 @@ def test_the_latency_part_runs_quick_in_chromium(tmp_path: Path) -> None:
     assert p99["value"] is not None and p99["value"] > 0, p99
     assert p99["goal"].startswith("<= 250 ms") and p99["met"] is not None
     assert p99["reference_name"].startswith("arrival at a websockets client")
+
+
+def test_the_prometheus_part_runs_on_tiny_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "prometheus", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "goal <= 2 ms" in run.stdout
+    by_name = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    scrape = by_name["server CPU per /metrics scrape"]
+    assert scrape["value"] >= 0 and scrape["met"] is not None
+    fed = by_name["sampler tick (default: top-5 walk) + scrape"]
+    if shutil.which("prometheus-node-exporter") or os.environ.get("CI"):
+        assert fed["reference_name"] == "node_exporter scrape" and fed["reference"] > 0
+        assert fed["met"] is not None
+    else:
+        assert fed["met"] is None and "not installed" in fed["reason"]
+    assert by_name["sysmon collector alone (generate_latest, in process, median)"]["value"] > 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,3 +122,19 @@ async def test_jupyterhub_admins_groups_and_revocation(hub: Hub) -> None:
         assert code == 200
         code, reason, _ = await closed_code(ws, timeout=REVALIDATE_INTERVAL + 20)
         assert (code, reason) == (CLOSE_NOT_ADMIN, "no longer an administrator")
+
+
+def test_prometheus_scrapes_a_hub_server_with_a_hub_token(hub: Hub) -> None:
+    """What the README's hub scrape config relies on: a hub token that may access the
+    server (here an admin's; in production a service's with ``access:servers``) is
+    accepted as Prometheus's bearer credentials, and without one /metrics stays 403."""
+    token = hub.new_token("alice")["token"]
+    url = f"{hub.url}/user/bob/metrics"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=20) as reply:
+        body = reply.read().decode()
+    assert "sysmon_memory_total_bytes" in body
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=20)
+    assert refused.value.code == 403
+    refused.value.close()

@@ -1,0 +1,597 @@
+"""The Prometheus export (jupyter_server_ext/metrics.py): the sample as ``sysmon_*``
+metrics, its registration, the server's ``/metrics`` with it, and a real Prometheus
+scraping a real jupyter server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import HTTPClientError
+
+from jupyter_server_ext.app import SysmonExtension
+from jupyter_server_ext.gpu import GpuCollector
+from jupyter_server_ext.metrics import EXPORTED_GROUPS, EXPORTER, SPECS, Exporter, families
+from sysmon_nb.protocol import Status
+
+from .conftest import eventually
+from .servers import TOKEN, JupyterProcess, free_port
+from .test_gpu import FakeNvml, load
+
+#: Every label a sysmon metric may carry: all bounded (never a pid or process name).
+BOUNDED_LABELS = {
+    "mountpoint", "fstype", "cpu", "gpu", "uuid", "name", "kernel_id", "kernel_name",
+    "state", "user", "group",
+}  # fmt: skip
+
+
+def gpu_group() -> dict[str, Any]:
+    """The gpu group as the collector reads the H100 recording (tests/fixtures/nvml)."""
+    collector = GpuCollector(nvml=FakeNvml(load("nvml_busy.json")))
+    group = collector.collect(0.0)
+    group["devices"][0]["processes"] = [
+        {"pid": 4242, "user": "ada", "used_memory_bytes": 3_000_000_000, "kernel_id": "k1"},
+        {"pid": 4243, "user": "ada", "used_memory_bytes": 1_000_000_000, "kernel_id": "k1"},
+        {"pid": 4244, "user": "bob", "used_memory_bytes": 5_000_000, "kernel_id": None},
+    ]
+    return group
+
+
+def full_status(**changes: Any) -> Status:
+    """A sample with every group, turn-2 fields included."""
+    groups: dict[str, Any] = {
+        "cpu": {"percent": 37.5, "per_cpu": [50.0, 25.0], "count": 2, "load_1m": 1.5,
+                "load_5m": 0.75, "load_15m": 0.5, "pressure": 4.0},
+        "memory": {"total_bytes": 16_000, "available_bytes": 6_000, "used_bytes": 10_000,
+                   "percent": 62.5, "swap_total_bytes": 0, "swap_used_bytes": 0,
+                   "swap_percent": 0.0, "pressure": None},
+        "disk": {"read_bytes_per_s": 1024.0, "write_bytes_per_s": 2048.0,
+                 "read_ops_per_s": 3.0, "write_ops_per_s": 4.0,
+                 "mounts": [
+                     {"path": "/", "fstype": "ext4", "total_bytes": 1000, "used_bytes": 400,
+                      "percent": 40.0, "free_bytes": 550, "home": False, "stuck": False},
+                     {"path": "/home", "fstype": "nfs4", "total_bytes": 5000,
+                      "used_bytes": 100, "percent": 2.0, "free_bytes": 4900, "home": True,
+                      "stuck": True},
+                 ]},
+        "network": {"recv_bytes_per_s": 10.0, "sent_bytes_per_s": 20.0,
+                    "recv_packets_per_s": 1.0, "sent_packets_per_s": 2.0},
+        "processes": {"count": 321,
+                      "top_cpu": [{"pid": 777, "name": "secret-proc", "user": "ada",
+                                   "cpu_percent": 99.0, "rss_bytes": 5}],
+                      "top_memory": [{"pid": 778, "name": "hog", "user": "bob",
+                                      "cpu_percent": 1.0, "rss_bytes": 9}]},
+        "container": {"cgroup": 2, "memory_limit_bytes": 8_000, "memory_used_bytes": 7_000,
+                      "cpu_limit_cores": 1.5, "cpu_usage_cores": 0.25,
+                      "cpu_throttled_percent": 12.0, "oom_kills": 3, "memory_pressure": 1.0,
+                      "cpu_pressure": None, "io_pressure": 0.5},
+        "gpu": gpu_group(),
+        "jupyter": {"kernels": 2, "terminals": 1, "sessions": 1,
+                    "kernel_usage": [
+                        {"id": "k1", "name": "python3", "pid": 4242, "cpu_percent": 150.0,
+                         "rss_bytes": 80_000_000, "path": "a.ipynb",
+                         "execution_state": "busy", "last_activity": 1.7e9,
+                         "connections": 1},
+                        {"id": "k2", "name": "remote", "pid": None, "cpu_percent": None,
+                         "rss_bytes": None},
+                    ]},
+        "users": {"users": [{"name": "ada", "processes": 12, "cpu_percent": 50.0,
+                             "rss_bytes": 2_000_000}]},
+        "alerts": {"active": [
+            {"name": "memory_high", "group": "memory", "value": 95.0, "threshold": 90.0,
+             "since": 1.7e9},
+            {"name": "memory_high", "group": "container", "value": 96.0, "threshold": 90.0,
+             "since": 1.7e9},
+        ], "events": []},
+    }  # fmt: skip
+    fields: dict[str, Any] = {
+        "seq": 7,
+        "time": 1000.0,
+        "host": "h",
+        "interval": 5.0,
+        "groups": groups,
+        "skipped_ticks": 4,
+    }
+    fields.update(changes)
+    return Status(**fields)
+
+
+#: metric name -> {sorted (label, value) pairs: sample value}
+Scraped = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def scrape(status: Status, now: float = 1002.5) -> Scraped:
+    """name -> {sorted labels: value}, through prometheus_client's text format and parser."""
+    registry = CollectorRegistry()
+
+    class One:
+        def collect(self) -> Any:
+            return families(status, now)
+
+    registry.register(One())
+    return parse(generate_latest(registry).decode())
+
+
+def parse(text: str) -> Scraped:
+    out: Scraped = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(metrics: Scraped, metric: str, /, **labels: str) -> float:
+    return float(metrics[metric][tuple(sorted(labels.items()))])
+
+
+# -- the sample as metrics (pure) -------------------------------------------------------
+
+
+def test_a_full_sample_becomes_node_exporter_style_metrics() -> None:
+    m = scrape(full_status())
+    assert value(m, "sysmon_cpu_usage_ratio") == 0.375  # percent -> ratio
+    assert value(m, "sysmon_cpu_core_usage_ratio", cpu="1") == 0.25
+    assert value(m, "sysmon_cpus") == 2
+    assert value(m, "sysmon_load1") == 1.5 and value(m, "sysmon_load15") == 0.5
+    assert value(m, "sysmon_cpu_pressure_ratio") == 0.04
+    assert value(m, "sysmon_memory_total_bytes") == 16_000
+    assert value(m, "sysmon_memory_available_bytes") == 6_000
+    assert value(m, "sysmon_memory_used_bytes") == 10_000
+    assert value(m, "sysmon_memory_swap_total_bytes") == 0  # a real 0 stays
+    assert value(m, "sysmon_disk_read_bytes_per_second") == 1024
+    assert value(m, "sysmon_disk_writes_completed_per_second") == 4
+    home = {"mountpoint": "/home", "fstype": "nfs4"}
+    assert value(m, "sysmon_filesystem_avail_bytes", **home) == 4900
+    assert value(m, "sysmon_filesystem_size_bytes", **home) == 5000
+    assert value(m, "sysmon_filesystem_used_bytes", mountpoint="/", fstype="ext4") == 400
+    assert value(m, "sysmon_filesystem_home", **home) == 1
+    assert value(m, "sysmon_filesystem_home", mountpoint="/", fstype="ext4") == 0
+    assert value(m, "sysmon_filesystem_stuck", **home) == 1
+    assert value(m, "sysmon_network_receive_bytes_per_second") == 10
+    assert value(m, "sysmon_network_transmit_packets_per_second") == 2
+    assert value(m, "sysmon_processes") == 321
+    assert value(m, "sysmon_container_memory_limit_bytes") == 8_000
+    assert value(m, "sysmon_container_memory_used_bytes") == 7_000
+    assert value(m, "sysmon_container_cpu_limit_cores") == 1.5
+    assert value(m, "sysmon_container_cpu_throttled_ratio") == 0.12
+    assert value(m, "sysmon_container_oom_kills_total") == 3
+    assert value(m, "sysmon_container_io_pressure_ratio") == 0.005
+    assert value(m, "sysmon_jupyter_kernels") == 2
+    k1 = {"kernel_id": "k1", "kernel_name": "python3"}
+    assert value(m, "sysmon_kernel_memory_rss_bytes", **k1) == 80_000_000
+    assert value(m, "sysmon_kernel_cpu_usage_ratio", **k1) == 1.5  # a share of one core
+    assert value(m, "sysmon_kernel_connections", **k1) == 1
+    assert value(m, "sysmon_kernel_last_activity_timestamp_seconds", **k1) == 1.7e9
+    assert value(m, "sysmon_kernel_execution_state", **k1, state="busy") == 1
+    assert value(m, "sysmon_user_processes", user="ada") == 12
+    assert value(m, "sysmon_user_cpu_usage_ratio", user="ada") == 0.5
+    assert value(m, "sysmon_user_memory_rss_bytes", user="ada") == 2_000_000
+    assert value(m, "sysmon_alert_active", name="memory_high") == 1  # one series per name
+    assert value(m, "sysmon_sample_age_seconds") == 2.5
+    assert value(m, "sysmon_sample_interval_seconds") == 5
+    assert value(m, "sysmon_sampler_skipped_ticks_total") == 4
+    assert m["sysmon_collector_up"] == {
+        (("group", g),): 1.0
+        for g in ("alerts", "container", "cpu", "disk", "gpu", "jupyter", "memory",
+                  "network", "processes", "users")
+    }  # fmt: skip
+
+
+def test_gpus_from_the_h100_recording() -> None:
+    recording = load("nvml_busy.json")["devices"][0]["readings"]
+    m = scrape(full_status())
+    gpu = {"gpu": "0", "uuid": recording["uuid"]}
+    assert value(m, "sysmon_gpu_utilization_ratio", **gpu) == recording["utilization"]["gpu"] / 100
+    assert value(m, "sysmon_gpu_memory_used_bytes", **gpu) == recording["memory"]["used"]
+    assert value(m, "sysmon_gpu_memory_total_bytes", **gpu) == recording["memory"]["total"]
+    assert value(m, "sysmon_gpu_temperature_celsius", **gpu) == recording["temperature_gpu"]
+    assert value(m, "sysmon_gpu_power_watts", **gpu) == round(recording["power_usage_mw"] / 1000, 1)
+    assert value(m, "sysmon_gpu_power_limit_watts", **gpu) == recording["power_limit_mw"] / 1000
+    assert value(m, "sysmon_gpu_info", **gpu, name=recording["name"]) == 1
+    # per kernel: its processes' GPU memory summed; a process of no kernel is left out
+    assert m["sysmon_kernel_gpu_memory_bytes"] == {
+        tuple(sorted({**gpu, "kernel_id": "k1", "kernel_name": "python3"}.items())): 4e9
+    }
+
+
+def test_null_fields_are_left_out_never_exported_as_zero() -> None:
+    status = full_status()
+    groups = dict(status.groups)
+    groups["cpu"] = {**groups["cpu"], "percent": None, "per_cpu": None}
+    groups["network"] = {k: None for k in groups["network"]}
+    groups["container"] = {**groups["container"], "memory_limit_bytes": None}
+    m = scrape(full_status(groups=groups))
+    assert "sysmon_cpu_usage_ratio" not in m
+    assert "sysmon_cpu_core_usage_ratio" not in m
+    assert not any(name.startswith("sysmon_network_") for name in m)
+    assert "sysmon_container_memory_limit_bytes" not in m
+    assert "sysmon_container_cpu_pressure_ratio" not in m  # null in full_status
+    assert "sysmon_memory_pressure_ratio" not in m
+    k2 = (("kernel_id", "k2"), ("kernel_name", "remote"))
+    assert k2 not in m["sysmon_kernel_memory_rss_bytes"]
+    assert "sysmon_cpus" in m and "sysmon_memory_total_bytes" in m  # the rest stays
+
+
+def test_labels_are_bounded_never_a_pid_or_process_name() -> None:
+    m = scrape(full_status())
+    label_names = {k for series in m.values() for labels in series for k, _ in labels}
+    assert label_names <= BOUNDED_LABELS
+    label_values = {v for series in m.values() for labels in series for _, v in labels}
+    for leaked in ("777", "778", "4242", "4244", "secret-proc", "hog", "a.ipynb"):
+        assert leaked not in label_values
+    assert all(set(spec.labels) <= BOUNDED_LABELS for spec in SPECS.values())
+
+
+def test_collector_up_is_zero_while_a_group_fails_or_is_stale() -> None:
+    groups = {"cpu": {"percent": 5.0}, "memory": {"total_bytes": 1}}
+    status = full_status(groups=groups, errors={"gpu": "NVML error"}, stale={"memory": 12.0})
+    m = scrape(status)
+    assert m["sysmon_collector_up"] == {
+        (("group", "cpu"),): 1.0,
+        (("group", "gpu"),): 0.0,  # failing, no reading at all
+        (("group", "memory"),): 0.0,  # stale: its last good reading is still exported
+    }
+    assert value(m, "sysmon_memory_total_bytes") == 1
+
+
+def test_promtool_finds_nothing_to_say_about_a_full_sample(tmp_path: Path) -> None:
+    promtool = need("promtool")
+    assert promtool_check(promtool, generate_latest(registry_with(full_status()))) == (0, [])
+
+
+# -- registration -----------------------------------------------------------------------
+
+
+class Ext:
+    """What the exporter reads of an extension."""
+
+    def __init__(self, status: Status | None, name: str = "ext") -> None:
+        self.broadcaster = SimpleNamespace(latest=status)
+        self.log = logging.getLogger(f"test.{name}")
+
+
+def registry_with(status: Status) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    Exporter(registry, clock=lambda: status.time).attach(Ext(status))
+    return registry
+
+
+def test_registration_describes_and_never_collects() -> None:
+    class Untouchable:
+        @property
+        def latest(self) -> Status:
+            raise AssertionError("registration read the sample")
+
+    ext = Ext(None)
+    ext.broadcaster = Untouchable()  # type: ignore[assignment]
+    registry = CollectorRegistry(auto_describe=True)
+    Exporter(registry).attach(ext)
+    # describe() named every family: a second exporter on the same registry clashes
+    with pytest.raises(ValueError, match="sysmon_memory_total_bytes"):
+        registry.register(Exporter(registry))
+
+
+def test_a_clash_on_the_registry_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    Exporter(registry).attach(Ext(full_status()))
+    second = Exporter(registry)
+    with caplog.at_level(logging.WARNING):
+        second.attach(Ext(full_status()))
+    assert not second.registered
+    assert "Prometheus export disabled" in caplog.text
+
+
+def test_two_extensions_share_one_registration_and_the_last_leaves_it() -> None:
+    registry = CollectorRegistry()
+    exporter = Exporter(registry, clock=lambda: 1000.0)
+    first = Ext(full_status(seq=1, skipped_ticks=1), "first")
+    second = Ext(full_status(seq=2, skipped_ticks=2), "second")
+    exporter.attach(first)
+    exporter.attach(second)
+    exporter.attach(second)  # idempotent
+    text = generate_latest(registry).decode()
+    assert text.count("# TYPE sysmon_memory_total_bytes") == 1
+    assert value(parse(text), "sysmon_sampler_skipped_ticks_total") == 2  # the newest
+    exporter.detach(second)
+    text = generate_latest(registry).decode()
+    assert value(parse(text), "sysmon_sampler_skipped_ticks_total") == 1
+    exporter.detach(first)
+    exporter.detach(first)  # idempotent
+    assert not exporter.registered
+    assert "sysmon_" not in generate_latest(registry).decode()
+    registry.register(Exporter(registry))  # the names are free again
+    exporter.attach(first)
+    assert not exporter.registered  # a clash, logged
+
+
+def test_no_sample_yet_exports_nothing() -> None:
+    registry = CollectorRegistry()
+    Exporter(registry).attach(Ext(None))
+    assert "sysmon_" not in generate_latest(registry).decode()
+
+
+def test_collect_asks_the_extension_to_keep_sampling_what_it_exports() -> None:
+    registry = CollectorRegistry()
+    ext = Ext(full_status())
+    asked: list[tuple[str, ...]] = []
+    ext.want = asked.append  # type: ignore[attr-defined]
+    ext.metrics = ["cpu", "memory", "processes", "gpu"]  # type: ignore[attr-defined]
+    Exporter(registry).attach(ext)
+    generate_latest(registry)
+    generate_latest(registry)
+    # the process walk is never asked for: no process list is exported
+    assert asked == [("cpu", "memory", "gpu")] * 2
+    del ext.metrics  # type: ignore[attr-defined]
+    generate_latest(registry)
+    assert set(asked[-1]) == set(EXPORTED_GROUPS) - {"processes"}
+
+
+def test_the_prometheus_trait_has_help_and_defaults_on() -> None:
+    trait = SysmonExtension.class_own_traits(config=True)["prometheus"]
+    assert "/metrics" in trait.help
+    assert SysmonExtension().prometheus is True
+
+
+# -- the server's own /metrics ----------------------------------------------------------
+
+
+async def metrics_body(jp_fetch: Any, **kwargs: Any) -> str:
+    reply = await jp_fetch("metrics", **kwargs)
+    assert reply.code == 200
+    return str(reply.body.decode())
+
+
+async def test_the_servers_metrics_carry_the_latest_sample(
+    sysmon: SysmonExtension, jp_fetch: Any
+) -> None:
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    m = parse(await metrics_body(jp_fetch))
+    assert value(m, "sysmon_memory_total_bytes") == psutil.virtual_memory().total
+    assert value(m, "sysmon_collector_up", group="cpu") == 1
+    assert EXPORTER.registered
+    assert EXPORTER in REGISTRY._collector_to_names  # prometheus_client's default registry
+
+
+async def test_stop_unregisters(sysmon: SysmonExtension, jp_fetch: Any) -> None:
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    assert "sysmon_memory_total_bytes" in await metrics_body(jp_fetch)
+    await sysmon.stop_extension()
+    assert "sysmon_" not in await metrics_body(jp_fetch)
+    assert not EXPORTER.registered
+
+
+@pytest.mark.parametrize("sysmon_config", [{"prometheus": False}], indirect=True)
+async def test_prometheus_false_exports_nothing(sysmon: SysmonExtension, jp_fetch: Any) -> None:
+    await eventually(lambda: sysmon.broadcaster.published >= 1)
+    assert "sysmon_" not in await metrics_body(jp_fetch)
+
+
+async def test_a_scrape_never_samples_nor_waits_on_the_sampler(
+    sysmon: SysmonExtension, jp_fetch: Any
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    calls: list[float] = []
+
+    class Hung:
+        name = "hung"
+
+        def collect(self, now: float) -> dict[str, Any]:
+            calls.append(now)
+            entered.set()
+            release.wait(30)
+            return {}
+
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    sysmon.sampler.collectors.append(Hung())
+    try:
+        await eventually(entered.is_set)
+        seq = sysmon.broadcaster.latest.seq  # type: ignore[union-attr]
+        started = time.monotonic()
+        for _ in range(3):
+            m = parse(await metrics_body(jp_fetch))
+        assert time.monotonic() - started < 5
+        assert value(m, "sysmon_memory_total_bytes") > 0  # the last published sample
+        assert len(calls) == 1  # no scrape ran a collector
+        assert sysmon.broadcaster.latest.seq == seq  # type: ignore[union-attr]
+    finally:
+        release.set()
+        sysmon.sampler.collectors.pop()
+
+
+async def test_without_credentials_metrics_is_403(sysmon: SysmonExtension, jp_fetch: Any) -> None:
+    with pytest.raises(HTTPClientError) as refused:
+        await jp_fetch("metrics", headers={"Authorization": ""})
+    assert refused.value.code == 403
+
+
+@pytest.mark.parametrize("server_config", [{"authenticate_prometheus": False}], indirect=True)
+async def test_the_servers_rule_decides_who_reads_metrics(
+    sysmon: SysmonExtension, jp_fetch: Any
+) -> None:
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    body = await metrics_body(jp_fetch, headers={"Authorization": ""})
+    assert "sysmon_memory_total_bytes" in body
+
+
+# -- a real Prometheus scraping a real jupyter server -------------------------------------
+
+
+def need(binary: str) -> str:
+    """The binary's path; CI installs Debian's prometheus package, so there it must exist."""
+    path = shutil.which(binary)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{binary} is missing: CI must install Debian's prometheus package")
+        pytest.skip(f"{binary} is not installed (apt-get install prometheus)")
+    return path
+
+
+def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll ``condition`` (bounded) until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.2)
+
+
+class Prometheus:
+    """Debian's prometheus binary on 127.0.0.1, scraping ``target`` every second with
+    the server's token; storage in ``tmp``. Stopped by its pid."""
+
+    def __init__(self, binary: str, tmp: Path, target: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: jupyter\n"
+            f"    authorization: {{credentials: {TOKEN}}}\n"
+            f"    static_configs: [{{targets: ['{target}']}}]\n"
+        )
+        self.log_path = tmp / "prometheus.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp,
+        )  # fmt: skip
+        until(self.ready, f"prometheus ready ({self.log_path})")
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"prometheus exited: {self.log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(self.url + "-/ready", timeout=5) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        url = self.url + "api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            answer = json.loads(reply.read())
+        assert answer["status"] == "success", answer
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterProcess]:
+    server = JupyterProcess(tmp_path_factory.mktemp("jupyter"), interval=0.5)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    server: JupyterProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    binary = need("prometheus")
+    prom = Prometheus(binary, tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{server.port}")
+    yield prom
+    prom.stop()
+
+
+def post(server: JupyterProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        answer: dict[str, Any] = json.loads(reply.read())
+        return answer
+
+
+@pytest.mark.timeout(120)
+def test_prometheus_scrapes_the_server(prometheus: Prometheus) -> None:
+    up = until(lambda: prometheus.query('up{job="jupyter"} == 1'), "up == 1")
+    assert up[0]["metric"]["instance"].startswith("127.0.0.1:")
+    total = until(lambda: prometheus.query("sysmon_memory_total_bytes"), "memory total")
+    assert float(total[0]["value"][1]) == psutil.virtual_memory().total
+    cpu = until(
+        lambda: prometheus.query("avg_over_time(sysmon_cpu_usage_ratio[10s])"), "cpu over time"
+    )
+    assert 0.0 <= float(cpu[0]["value"][1]) <= 1.0
+    rate = until(
+        lambda: prometheus.query("rate(sysmon_sampler_skipped_ticks_total[10s])"),
+        "rate of a sysmon counter",
+    )
+    assert float(rate[0]["value"][1]) >= 0.0
+    until(lambda: prometheus.query('sysmon_collector_up{group="memory"} == 1'), "memory up")
+
+
+@pytest.mark.timeout(120)
+def test_prometheus_sees_the_kernel_of_a_session(
+    server: JupyterProcess, prometheus: Prometheus
+) -> None:
+    session = post(
+        server,
+        "api/sessions",
+        {"path": "watched.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    )
+    kernel_id = session["kernel"]["id"]
+    query = f'sysmon_kernel_memory_rss_bytes{{kernel_id="{kernel_id}"}} > 1000000'
+    found = until(lambda: prometheus.query(query), "the session's kernel", timeout=60)
+    assert found[0]["metric"]["kernel_name"] == "python3"
+
+
+def promtool_check(promtool: str, body: bytes) -> tuple[int, list[str]]:
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
+    return check.returncode, (check.stdout + check.stderr).decode().splitlines()
+
+
+def test_the_metrics_body_passes_promtool_and_needs_credentials(server: JupyterProcess) -> None:
+    promtool = need("promtool")
+    status, body = server.get("metrics")
+    assert status == 200 and b"sysmon_memory_total_bytes" in body
+    ours = b"".join(
+        line
+        for line in body.splitlines(keepends=True)
+        if line.startswith((b"sysmon_", b"# HELP sysmon_", b"# TYPE sysmon_"))
+    )
+    assert promtool_check(promtool, ours) == (0, [])
+    # The whole body: promtool's only remarks are on jupyter_server's own gauges named
+    # *_total (kernel_currently_running_total, terminal_currently_running_total).
+    _, remarks = promtool_check(promtool, body)
+    assert not [r for r in remarks if "sysmon_" in r], remarks
+    try:
+        with urllib.request.urlopen(server.url + "metrics", timeout=5):
+            code = 200
+    except urllib.error.HTTPError as err:
+        code = err.code
+    assert code == 403
