@@ -18,7 +18,7 @@ from types import ModuleType
 
 import psutil
 
-from . import compression, fanout, peers, sampler, slow, widget
+from . import compression, fanout, flood, peers, sampler, slow, widget
 from .common import Bench, Result, Settings, raise_nofile, workspace
 
 PARTS: dict[str, ModuleType] = {
@@ -28,6 +28,7 @@ PARTS: dict[str, ModuleType] = {
     "slow": slow,
     "peers": peers,
     "widget": widget,
+    "flood": flood,
 }
 
 
