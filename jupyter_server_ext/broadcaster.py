@@ -195,7 +195,7 @@ class SystemStatusBroadcaster:
         next sample, so that clients reconnecting together cost one encoding."""
         wanted = tuple(metrics)
         key = (wanted, min(max(count, 0), len(self._history)))
-        frame = self._history_frames.get(key)
+        frame = self._history_frames.get(key) if self.history_frames_kept > 0 else None
         if frame is None:
             samples = self.history(count, wanted)
             frame = Frame(encode(History(samples=tuple(samples))))
