@@ -1,8 +1,8 @@
 """``python -m benchmarks [part ...]``: run the parts (all by default) and print each
 figure beside its reference from the same run, the ratio, and the goal: MET or MISSED.
 
-Parts: sampler, fanout, compression, slow, peers, widget. ``--quick`` runs tiny sizes
-(a check that the harness works, not a measurement). ``--json PATH`` also writes the
+Parts: sampler, fanout, compression, slow, peers, widget, flood, history. ``--quick``
+runs tiny sizes (a check that the harness works, not a measurement). ``--json PATH`` also writes the
 results as JSON.
 """
 
@@ -18,7 +18,7 @@ from types import ModuleType
 
 import psutil
 
-from . import compression, fanout, flood, peers, sampler, slow, widget
+from . import compression, fanout, flood, history, peers, sampler, slow, widget
 from .common import Bench, Result, Settings, raise_nofile, workspace
 
 PARTS: dict[str, ModuleType] = {
@@ -29,6 +29,7 @@ PARTS: dict[str, ModuleType] = {
     "peers": peers,
     "widget": widget,
     "flood": flood,
+    "history": history,
 }
 
 

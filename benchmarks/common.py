@@ -47,6 +47,8 @@ class Settings:
     peers_clients: int = 100
     widget_measured: int = 300
     widget_long_run: int = 3000
+    history_clients: int = 100
+    history_samples: int = 720
     #: how long a server's CPU with no client is read, to subtract it (s)
     idle_seconds: float = 5.0
     #: frames arriving this long after their window closed count as lost (s)
@@ -69,6 +71,8 @@ class Settings:
             peers_clients=4,
             widget_measured=20,
             widget_long_run=200,
+            history_clients=6,
+            history_samples=30,
             idle_seconds=1.0,
             late_after=1.0,
             warm_up=False,
@@ -227,8 +231,11 @@ def jupyter_server(
     sysmon: dict[str, Any] | None = None,
     name: str = "sysmon-nb",
     server_app: dict[str, Any] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
-    """Start a real jupyter_server (as its own process) with the given extensions."""
+    """Start a real jupyter_server (as its own process) with the given extensions, and
+    ``extra_env`` added to its environment (this checkout importable: its benchmark helpers
+    may be loaded as extensions)."""
     port = free_port()
     root = workdir / f"server-{port}"
     root.mkdir(parents=True)
@@ -254,6 +261,8 @@ def jupyter_server(
         JUPYTER_RUNTIME_DIR=str(root / "runtime"),
         JUPYTER_DATA_DIR=str(root / "data"),
         PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [_repo_root(), os.environ.get("PYTHONPATH")])),
+        **(extra_env or {}),
     )
     args = [sys.executable, "-m", "jupyter_server", f"--config={config_file}"]
     if os.geteuid() == 0:
