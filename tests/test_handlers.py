@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import logging
@@ -738,8 +739,12 @@ async def test_history_is_encoded_once_until_the_next_sample(
     assert len(encoded) == 1  # the second client got the same frame
     await history("history=5&metrics=cpu")
     assert len(encoded) == 2  # another subscription is another frame
+    newest = (await history("history=1&metrics=cpu"))["samples"]
+    encodings = len(encoded)
     latest = sysmon.broadcaster.latest
-    sysmon.broadcaster.publish(latest)  # a new sample: what was kept is stale
+    sysmon.broadcaster.publish(dataclasses.replace(latest, seq=latest.seq + 1))  # a new sample
     third = await history("history=5&metrics=cpu,memory")
-    assert len(encoded) == 3
+    assert len(encoded) == encodings + 1
     assert len(third["samples"]) == len(first["samples"]) + 1
+    after = (await history("history=1&metrics=cpu"))["samples"]  # same key, new content
+    assert after[0]["seq"] == newest[0]["seq"] + 1

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -219,3 +220,57 @@ async def test_a_send_that_fails_closes_that_connection_1011_and_says_so_once(
     (line,) = server_log.matching("sending it a frame failed")
     assert line.levelno == logging.WARNING
     assert "a bug in the write path" in line.getMessage()
+
+
+def read_close_code(sock: socket.socket) -> tuple[int | None, bool]:
+    """Everything the server sent ``sock`` (after the handshake): the close code among
+    its frames (or None), and whether the connection ended with a reset."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.settimeout(10)
+    data, reset = b"", False
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        reset = True
+    code = None
+    while len(data) >= 2:  # server frames: unmasked
+        length, start = data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        if data[0] & 0x0F == 0x8:
+            code = int.from_bytes(data[start : start + 2], "big")
+        data = data[start + length :]
+    return code, reset
+
+
+async def test_a_refused_message_gets_its_1009_even_behind_a_backlog(
+    connect: Any, sysmon: Any, open_raw: Any, write_path: str
+) -> None:
+    """A client that has not read for a while sends more than the limit (and is still
+    sending when the server refuses it). Closing the socket at once, with what the
+    client sent unread, resets the connection and throws away the frames still queued
+    for it, the close frame among them: the client would see 1006."""
+    fast_path_only(write_path, "tornado's own protocol drops the socket without a close frame")
+    sock = await open_raw("")
+    try:
+        await eventually(lambda: len(sysmon.connections) == 1)
+        (handler,) = sysmon.connections
+        stream = handler.ws_connection.stream
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await eventually(stream.writing)  # status frames are backing up
+        size = 1024 * 1024
+        header = bytes([0x81, 0x80 | 127]) + size.to_bytes(8, "big") + os.urandom(4)
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        await loop.sock_sendall(sock, header + b"x" * 100_000)  # the rest never comes
+        await eventually(lambda: not sysmon.connections)  # refused, and we read only now
+        # (with buffers this small, TCP's silly-window avoidance would crawl: open them)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.setblocking(True)
+        code, reset = await loop.run_in_executor(None, read_close_code, sock)
+    finally:
+        sock.close()
+    assert (code, reset) == (1009, False)
