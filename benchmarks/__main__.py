@@ -2,8 +2,8 @@
 figure beside its reference from the same run, the ratio, and the goal: MET or MISSED.
 
 Parts: sampler, fanout, compression, slow, peers, widget, idle, latency, fleet,
-prometheus. ``--quick`` runs tiny sizes (a check that the harness works, not a
-measurement). ``--json PATH`` also writes the results as JSON.
+prometheus, flood, history. ``--quick`` runs tiny sizes (a check that the harness works,
+not a measurement). ``--json PATH`` also writes the results as JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +18,20 @@ from types import ModuleType
 
 import psutil
 
-from . import compression, fanout, fleet, idle, latency, peers, prometheus, sampler, slow, widget
+from . import (
+    compression,
+    fanout,
+    fleet,
+    flood,
+    history,
+    idle,
+    latency,
+    peers,
+    prometheus,
+    sampler,
+    slow,
+    widget,
+)
 from .common import Bench, Result, Settings, raise_nofile, workspace
 
 PARTS: dict[str, ModuleType] = {
@@ -32,6 +45,8 @@ PARTS: dict[str, ModuleType] = {
     "latency": latency,
     "fleet": fleet,
     "prometheus": prometheus,
+    "flood": flood,
+    "history": history,
 }
 
 

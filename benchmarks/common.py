@@ -49,6 +49,8 @@ class Settings:
     widget_long_run: int = 3000
     latency_samples: int = 120
     prometheus_scrapes: int = 200
+    history_clients: int = 100
+    history_samples: int = 720
     #: how long a server's CPU with no client is read, to subtract it (s)
     idle_seconds: float = 5.0
     #: frames arriving this long after their window closed count as lost (s)
@@ -73,6 +75,8 @@ class Settings:
             widget_long_run=200,
             latency_samples=6,
             prometheus_scrapes=6,
+            history_clients=6,
+            history_samples=30,
             idle_seconds=1.0,
             late_after=1.0,
             warm_up=False,
@@ -232,9 +236,12 @@ def jupyter_server(
     name: str = "sysmon-nb",
     server_app: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
     """Start a real jupyter_server (as its own process) with the given extensions;
-    ``extra`` adds config sections (e.g. ``LabApp``)."""
+    ``extra`` adds config sections (e.g. ``LabApp``), ``extra_env`` is added to its
+    environment (this checkout importable: its benchmark helpers may be loaded as
+    extensions)."""
     port = free_port()
     root = workdir / f"server-{port}"
     root.mkdir(parents=True)
@@ -261,6 +268,8 @@ def jupyter_server(
         JUPYTER_RUNTIME_DIR=str(root / "runtime"),
         JUPYTER_DATA_DIR=str(root / "data"),
         PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [_repo_root(), os.environ.get("PYTHONPATH")])),
+        **(extra_env or {}),
     )
     args = [sys.executable, "-m", "jupyter_server", f"--config={config_file}"]
     if os.geteuid() == 0:

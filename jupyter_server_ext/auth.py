@@ -11,11 +11,14 @@ A user is an administrator when any of these holds:
   of ``admin_groups`` (read from ``user.hub_user``; jupyterhub is never imported);
 - they carry roles (a JWT identity) and ``admin_role`` is among them;
 - ``allow_owner`` is on and they own the server: outside JupyterHub, anyone the
-  server's own token/password auth admits (a plain ``jupyter_server.auth.User``);
-  inside JupyterHub, the hub user the server was spawned for.
+  server's own token/password auth admits (a plain ``jupyter_server.auth.User``), but
+  only with jupyter_server's single-user identity providers (and our JWT provider's
+  fallback to them), where a plain ``User`` can only be the server's owner; inside
+  JupyterHub, the hub user the server was spawned for.
 
 Admission is checked once, before the upgrade; :class:`CredentialsWatcher` keeps it
-true while a connection lasts (JWT expiry, JupyterHub re-checks). The JWT identity
+true while a connection lasts (JWT expiry, JupyterHub re-checks). A re-check that
+cannot reach the hub is retried; any other failure closes the connection with 1011. The JWT identity
 provider lives in :mod:`jupyter_server_ext.jwt_auth` and is importable from here.
 """
 
@@ -24,14 +27,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jupyter_server.auth import User
+from jupyter_server.auth import IdentityProvider, User
+from jupyter_server.auth.identity import PasswordIdentityProvider
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from tornado.iostream import StreamClosedError
 
-from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
+from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_INTERNAL_ERROR, CLOSE_NOT_ADMIN
 
 from .errors import InvalidCredentials
 from .hub_scopes import HubReader, recheck_reader
@@ -44,8 +52,24 @@ __all__ = [
     "InvalidCredentials",
     "JWTIdentityProvider",
     "JWTUser",
+    "owner_rule_applies",
     "watch_credentials",
 ]
+
+#: The identity providers under which a plain ``User`` can only be the server's owner
+#: (whoever holds its token or password). Exactly these classes: a subclass may return
+#: plain ``User`` objects for many people.
+SINGLE_USER_PROVIDERS: tuple[type, ...] = (
+    IdentityProvider,
+    PasswordIdentityProvider,
+    JWTIdentityProvider,
+)
+
+
+def owner_rule_applies(provider: object) -> bool:
+    """Whether a plain ``User`` from ``provider`` is the server's owner."""
+    return type(provider) in SINGLE_USER_PROVIDERS
+
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +94,8 @@ class AdminPolicy:
     admin_role: str = "admin"
     allow_owner: bool = True
     hub_owner: str | None = None
+    #: whether a plain ``User`` is the owner: see :func:`owner_rule_applies`
+    single_user_provider: bool = True
 
     @classmethod
     def from_config(
@@ -79,9 +105,15 @@ class AdminPolicy:
         admin_role: str,
         allow_owner: bool,
         hub_owner: str | None,
+        single_user_provider: bool = True,
     ) -> AdminPolicy:
         return cls(
-            frozenset(admin_users), frozenset(admin_groups), admin_role, allow_owner, hub_owner
+            frozenset(admin_users),
+            frozenset(admin_groups),
+            admin_role,
+            allow_owner,
+            hub_owner,
+            single_user_provider,
         )
 
     def check(self, user: Any) -> Decision:
@@ -103,7 +135,7 @@ class AdminPolicy:
         roles = getattr(user, "roles", None)
         if roles is not None and self.admin_role in roles:
             return Decision(True, f"{name!r} has the {self.admin_role!r} role")
-        if self.allow_owner and type(user) is User:
+        if self.allow_owner and self.single_user_provider and type(user) is User:
             return Decision(True, "authenticated with this server's own credentials")
         return Decision(
             False,
@@ -127,8 +159,10 @@ class CredentialsWatcher:
         expires_at: float | None = None,
         revalidate: Callable[[], Awaitable[Verdict]] | None = None,
         interval: float = 60.0,
+        log: logging.Logger | logging.LoggerAdapter[Any] = log,
     ) -> None:
         self.expires_at = expires_at
+        self.log = log
         self._close = close
         self._revalidate = revalidate
         self._interval = interval
@@ -171,6 +205,7 @@ class CredentialsWatcher:
 
     async def _recheck_forever(self) -> None:
         assert self._revalidate is not None
+        unreachable = False
         while not self._done:
             await asyncio.sleep(self._interval)
             try:
@@ -178,12 +213,48 @@ class CredentialsWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                if not hub_unreachable(err):
+                    # Not a verdict on the user, and not a hub we could not reach: fail
+                    # closed rather than keep someone connected who may have lost access.
+                    self.log.error(
+                        "sysmon: closing with 1011: the credentials re-check failed",
+                        exc_info=err,
+                    )
+                    self._finish(CLOSE_INTERNAL_ERROR, "could not re-check credentials")
+                    return
                 # The hub being briefly unreachable (a restart) says nothing about the
                 # user; try again next time rather than drop every admin at once.
-                log.warning("sysmon: could not re-check credentials: %s", err)
+                if not unreachable:
+                    self.log.warning(
+                        "sysmon: could not reach the hub to re-check credentials (%s); "
+                        "retrying every %g s",
+                        err,
+                        self._interval,
+                    )
+                unreachable = True
                 continue
+            if unreachable:
+                self.log.info("sysmon: reached the hub again; credentials re-checked")
+                unreachable = False
             if verdict is not None:
                 self._finish(*verdict)
+
+
+def hub_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the hub could not be reached (retry), as opposed to any other
+    failure of a re-check (close). JupyterHub's ``HubAuth`` reports a failed connection
+    as HTTP 500 "Failed to connect to Hub API" and a failing hub as 502."""
+    if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror, StreamClosedError)):
+        return True
+    if isinstance(err, HTTPClientError):  # 599: no answer at all
+        return err.code == 599 or err.code in (502, 503, 504)
+    if isinstance(err, web.HTTPError):
+        if err.status_code in (502, 503, 504):
+            return True
+        return err.status_code == 500 and (err.log_message or "").startswith(
+            "Failed to connect to Hub API"
+        )
+    return False
 
 
 def watch_credentials(handler: Any, policy: AdminPolicy, interval: float) -> CredentialsWatcher:
@@ -202,8 +273,8 @@ def watch_credentials(handler: Any, policy: AdminPolicy, interval: float) -> Cre
                 return await recheck_hub_user(hub_auth, token, user, policy)
 
         else:
-            log.warning("sysmon: no hub token to re-check for %s", user.username)
-    return CredentialsWatcher(handler.close, expires_at, revalidate, interval)
+            handler.log.warning("sysmon: no hub token to re-check for %s", user.username)
+    return CredentialsWatcher(handler.close, expires_at, revalidate, interval, handler.log)
 
 
 async def recheck_hub_user(hub_auth: Any, token: str, user: Any, policy: AdminPolicy) -> Verdict:

@@ -9,6 +9,10 @@ Each subscriber has a bounded buffer. While its previous frame is still being wr
 (the client is slow or not reading), new frames queue there; when it is full the oldest
 is dropped and counted in ``lagged``, so the newest data wins, a stalled client holds at
 most ``buffer_size`` frames, and nobody else waits for it.
+
+A send that fails drops that subscriber and tells its connection (``on_error``), which
+closes itself: nothing is dropped silently. History frames are encoded once per
+(subscription set, length) and kept until the next sample.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sysmon_nb.protocol import Status, encode
+from sysmon_nb.protocol import History, Status, encode
 
 from .fanout import Frame
 
 log = logging.getLogger("sysmon_nb.broadcaster")
 
 Send = Callable[[Frame], "asyncio.Future[Any] | None"]
+OnError = Callable[[BaseException], object]
+
+#: History frames kept between two samples (distinct subscription sets and lengths).
+HISTORY_FRAMES_KEPT = 8
 
 
 class Subscriber:
@@ -37,6 +45,7 @@ class Subscriber:
 
     __slots__ = (
         "_buffer_size",
+        "_on_error",
         "_pending",
         "_send",
         "_writing",
@@ -46,12 +55,19 @@ class Subscriber:
         "metrics",
     )
 
-    def __init__(self, send: Send, metrics: tuple[str, ...], buffer_size: int) -> None:
+    def __init__(
+        self,
+        send: Send,
+        metrics: tuple[str, ...],
+        buffer_size: int,
+        on_error: OnError | None = None,
+    ) -> None:
         self.metrics = metrics
         self.lagged = 0
         self.delivered = 0
         self.closed = False
         self._send = send
+        self._on_error = on_error
         self._buffer_size = max(1, buffer_size)
         self._pending: deque[Frame] | None = None
         self._writing = False
@@ -90,9 +106,8 @@ class Subscriber:
     def _write(self, frame: Frame) -> None:
         try:
             result = self._send(frame)
-        except Exception:
-            log.debug("sysmon: send failed; dropping subscriber", exc_info=True)
-            self.close()
+        except Exception as err:
+            self._fail(err)
             return
         self.delivered += 1
         if result is not None:
@@ -108,8 +123,22 @@ class Subscriber:
         self._pump()
 
     def _consume(self, result: Any) -> None:
-        if result.cancelled() or result.exception() is not None:
+        if result.cancelled():
             self.close()
+        elif result.exception() is not None:
+            self._fail(result.exception())
+
+    def _fail(self, err: BaseException) -> None:
+        """Stop sending and tell the connection, which closes itself (or, with nobody to
+        tell, say so in the log)."""
+        self.close()
+        if self._on_error is None:
+            log.warning("sysmon: dropped a subscriber whose send failed: %r", err)
+            return
+        try:
+            self._on_error(err)
+        except Exception:
+            log.exception("sysmon: a connection failed to handle its send error")
 
 
 class SystemStatusBroadcaster:
@@ -121,6 +150,9 @@ class SystemStatusBroadcaster:
         self._groups: dict[tuple[str, ...], set[Subscriber]] = {}
         self.latest: Status | None = None
         self.published = 0
+        #: History frames kept until the next sample; 0 encodes every request anew.
+        self.history_frames_kept = HISTORY_FRAMES_KEPT
+        self._history_frames: dict[tuple[tuple[str, ...], int], Frame] = {}
 
     @property
     def subscribers(self) -> list[Subscriber]:
@@ -129,9 +161,12 @@ class SystemStatusBroadcaster:
     def __len__(self) -> int:
         return sum(len(group) for group in self._groups.values())
 
-    def subscribe(self, send: Send, metrics: tuple[str, ...]) -> Subscriber:
-        """Add a subscriber that receives every future sample restricted to ``metrics``."""
-        sub = Subscriber(send, metrics, self._buffer_size)
+    def subscribe(
+        self, send: Send, metrics: tuple[str, ...], on_error: OnError | None = None
+    ) -> Subscriber:
+        """Add a subscriber that receives every future sample restricted to ``metrics``.
+        If a send fails, the subscriber is dropped and ``on_error(exception)`` called."""
+        sub = Subscriber(send, metrics, self._buffer_size, on_error)
         self._groups.setdefault(metrics, set()).add(sub)
         return sub
 
@@ -154,12 +189,29 @@ class SystemStatusBroadcaster:
         samples = list(self._history)[-count:]
         return [s.subset(wanted) for s in samples]
 
+    def history_frame(self, count: int, metrics: Iterable[str]) -> Frame:
+        """The ``history`` frame of up to ``count`` most recent samples restricted to
+        ``metrics``: encoded once per (subscription set, length) and shared until the
+        next sample, so that clients reconnecting together cost one encoding."""
+        wanted = tuple(metrics)
+        key = (wanted, min(max(count, 0), len(self._history)))
+        frame = self._history_frames.get(key) if self.history_frames_kept > 0 else None
+        if frame is None:
+            samples = self.history(count, wanted)
+            frame = Frame(encode(History(samples=tuple(samples))))
+            if self.history_frames_kept > 0:
+                if len(self._history_frames) >= self.history_frames_kept:
+                    del self._history_frames[next(iter(self._history_frames))]
+                self._history_frames[key] = frame
+        return frame
+
     def publish(self, status: Status) -> None:
         """Record ``status`` and hand it to every subscriber, encoding it once per
         distinct subscription set."""
         self.latest = status
         self.published += 1
         self._history.append(status)
+        self._history_frames.clear()
         for metrics, group in list(self._groups.items()):
             if not group:
                 continue

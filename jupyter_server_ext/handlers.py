@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from jupyter_core.utils import ensure_async
@@ -17,6 +18,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import httputil, web
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 from tornado.websocket import (
     WebSocketClosedError,
     WebSocketHandler,
@@ -26,11 +28,11 @@ from tornado.websocket import (
 
 from sysmon_nb.protocol import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     MAX_MESSAGE_BYTES,
     Error,
     Hello,
-    History,
     ProtocolError,
     Subscribed,
     decode_client,
@@ -38,11 +40,12 @@ from sysmon_nb.protocol import (
     encode,
     parse_history,
     parse_metrics,
+    quote,
 )
 
 from .auth import CredentialsWatcher, watch_credentials
 from .broadcaster import Subscriber
-from .fanout import PING_FRAME, Frame, NotShareable, SharedDeflateProtocol, framing, write_frame
+from .fanout import PING_FRAME, Frame, NotShareable, SysmonProtocol, framing, write_frame
 from .hub_scopes import HubReader, with_readers
 
 if TYPE_CHECKING:
@@ -50,9 +53,19 @@ if TYPE_CHECKING:
 
 AUTH_RESOURCE = "sysmon"
 
-#: Replies (``error``, ``subscribed``) a client may leave unflushed before it is closed:
-#: a client that sends but never reads must not grow the server's write buffer.
-MAX_UNREAD_REPLIES = 32
+#: Bytes of replies (``error``, ``subscribed``) a client may leave unread, that is queued
+#: in the server because its socket buffers are full, before it is closed with 1008: a
+#: client that sends but never reads must not grow the server's write buffer. Replies
+#: the socket took at once are not counted, so a burst from a client that reads is all
+#: answered, however many messages it holds.
+MAX_UNREAD_REPLY_BYTES = 64 * 1024
+
+#: A client's ignored messages are logged at most once per this many seconds per
+#: connection; the ones in between are counted, and the count is logged with the next
+#: line or when the connection closes.
+BAD_MESSAGE_LOG_SECONDS = 60.0
+#: Characters of an ignored message's description that reach the log.
+MAX_LOGGED_CHARS = 200
 
 #: A connection's framing not known yet / it compresses with a context of its own.
 _UNKNOWN: Any = object()
@@ -100,7 +113,10 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     _metrics: tuple[str, ...] = ()
     _history: int | None = None
     _counted = False
-    _unread_replies = 0
+    _unread_reply_bytes = 0
+    _bad_logged_at: float | None = None
+    _bad_unlogged = 0
+    _failed = False
     _watcher: CredentialsWatcher | None = None
     _framing: Any = _UNKNOWN  # found on the connection's first broadcast frame
 
@@ -114,16 +130,23 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     def get_compression_options(self) -> dict[str, Any] | None:
         return {} if self.extension.compression else None
 
+    @property
+    def fast_path(self) -> bool:
+        """Whether frames take the direct path (see :mod:`.fanout`); if not, everything
+        goes through tornado's public ``write_message`` and its own protocol."""
+        return self.extension.use_fast_path
+
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
-        """tornado's protocol, negotiating deflate without context takeover so that one
-        compressed frame serves every client (see :mod:`.fanout`). Keep-alive pings are
-        WebSocketMixin's (``ping_callback``), so tornado's own ping task, which reads
-        the mixin's milliseconds as seconds, is not started."""
+        """On the fast path, our protocol: deflate without context takeover so that one
+        compressed frame serves every client, and proper close frames (see
+        :mod:`.fanout`). Keep-alive pings are the extension's (one timer for every
+        connection), so tornado's own ping task, which would read the mixin's
+        milliseconds as seconds, is not started."""
         protocol = super().get_websocket_protocol()
-        if type(protocol) is WebSocketProtocol13:
+        if self.fast_path and type(protocol) is WebSocketProtocol13:
             params = copy.copy(protocol.params)
             params.ping_interval = params.ping_timeout = None
-            return SharedDeflateProtocol(self, False, params)
+            return SysmonProtocol(self, False, params)
         return protocol
 
     async def pre_get(self) -> None:
@@ -165,18 +188,27 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             expires_at=self._watcher.expires_at,
             server_id=ext.server_id,
         )
-        self._send(encode(hello))
-        if self._history is not None:
-            samples = ext.broadcaster.history(self._history, self._metrics)
-            self._send(encode(History(samples=tuple(samples))))
-        self._subscriber = ext.broadcaster.subscribe(self._send_frame, self._metrics)
+        try:
+            self._send_frame(Frame(encode(hello)))
+            if self._history is not None:
+                # Encoded once per (subscription, length) until the next sample, and its
+                # wire bytes built once per framing: a reconnect storm costs one encoding.
+                self._send_frame(ext.broadcaster.history_frame(self._history, self._metrics))
+        except WebSocketClosedError:
+            return
+        self._subscriber = ext.broadcaster.subscribe(
+            self._send_frame, self._metrics, on_error=self._send_failed
+        )
         self._watcher.start()
 
     def on_message(self, message: str | bytes) -> None:
+        conn = self.ws_connection
+        if conn is None or conn.is_closing() or self._failed:
+            return  # condemned: nothing more is parsed, logged or answered
         try:
             request = decode_client(message, self.extension.metrics)
         except ProtocolError as err:
-            self.log.info("sysmon: ignored client message (%s): %s", err.code, err.message)
+            self._note_ignored(err)
             self._reply(encode(Error(code=err.code, message=err.message)))
             return
         if self._subscriber is not None:
@@ -187,7 +219,45 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     def on_close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
+        if self._bad_unlogged:
+            self.log.info(
+                "sysmon: %s closed; %d more ignored messages from it were not logged",
+                self.request.remote_ip,
+                self._bad_unlogged,
+            )
+            self._bad_unlogged = 0
         self._release()
+
+    def _note_ignored(self, err: ProtocolError) -> None:
+        """Log an ignored client message: one line per connection per
+        ``BAD_MESSAGE_LOG_SECONDS``, cut short, with the count of those not logged."""
+        now = time.monotonic()
+        last = self._bad_logged_at
+        if last is not None and now - last < BAD_MESSAGE_LOG_SECONDS:
+            self._bad_unlogged += 1
+            return
+        unlogged, self._bad_unlogged, self._bad_logged_at = self._bad_unlogged, 0, now
+        self.log.info(
+            "sysmon: ignored a message from %s (%s): %s%s",
+            self.request.remote_ip,
+            err.code,
+            quote(err.message, MAX_LOGGED_CHARS),
+            f" ({unlogged} more ignored since the last such line)" if unlogged else "",
+        )
+
+    def _send_failed(self, err: BaseException) -> None:
+        """The broadcaster could not hand this connection a frame: unless the socket
+        simply went away (its close path follows), close with 1011 and say why once."""
+        if isinstance(err, (WebSocketClosedError, StreamClosedError)) or self._failed:
+            return
+        self._failed = True
+        self.log.warning(
+            "sysmon: closing %s with 1011: sending it a frame failed: %r",
+            self.request.remote_ip,
+            err,
+            exc_info=err,
+        )
+        self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def keepalive(self, now: float, interval_ms: float, timeout_ms: float) -> None:
         """Ping the client, or close the connection if its pongs stopped coming.
@@ -210,7 +280,10 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             self.close()
             return
         try:
-            write_frame(conn, PING_FRAME)
+            if self.fast_path:
+                write_frame(conn, PING_FRAME)
+            else:
+                self.ping(b"")
         except WebSocketClosedError:
             return
         self.last_ping = now
@@ -235,21 +308,28 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             self.extension.connection_closed(self)
             self._counted = False
 
-    def _reply(self, frame: str) -> None:
-        """Answer a client message, unless the client has stopped reading its answers."""
-        if self.ws_connection is None or self.ws_connection.is_closing():
-            return
-        if self._unread_replies >= MAX_UNREAD_REPLIES:
+    def _reply(self, text: str) -> None:
+        """Answer a client message, unless the client has stopped reading its answers:
+        judged by the bytes of replies queued in the server for it, that is written
+        while its stream holds what the socket could not take (``IOStream.writing``)."""
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        if stream is None or not stream.writing():
+            self._unread_reply_bytes = 0  # everything written so far went out
+        elif self._unread_reply_bytes > MAX_UNREAD_REPLY_BYTES:
             self.log.warning(
-                "sysmon: closing %s: %d replies unread", self.request.remote_ip, MAX_UNREAD_REPLIES
+                "sysmon: closing %s with 1008: %d bytes of replies unread",
+                self.request.remote_ip,
+                self._unread_reply_bytes,
             )
             self.close(CLOSE_POLICY_VIOLATION, "too many unread replies")
             return
-        self._unread_replies += 1
-        self._send(frame).add_done_callback(self._reply_flushed)
-
-    def _reply_flushed(self, future: Any) -> None:
-        self._unread_replies -= 1
+        frame = Frame(text)
+        try:
+            self._send_frame(frame)
+        except WebSocketClosedError:
+            return
+        if stream is not None and stream.writing():
+            self._unread_reply_bytes += len(frame)
 
     def _send(self, frame: str) -> Any:
         """Write a frame; returns the flush future, or raises if the socket is closed."""
@@ -259,9 +339,11 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
 
     def _detach_stream(self) -> Any:
         """Called by tornado once the 101 answer is written: the answer's headers and
-        cookies are never read again, so a long-lived connection does not keep them."""
-        self._headers = httputil.HTTPHeaders()
-        self.__dict__.pop("_new_cookie", None)
+        cookies are never read again, so a long-lived connection does not keep them
+        (on the fast path only: it reaches into tornado's internals)."""
+        if self.fast_path:
+            self._headers = httputil.HTTPHeaders()
+            self.__dict__.pop("_new_cookie", None)
         return super()._detach_stream()
 
     def _send_frame(self, frame: Frame) -> Any:
@@ -269,6 +351,8 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         ``None`` when the socket took it at once, else the flush future; raises if the
         socket is closed."""
         conn = self.ws_connection
+        if not self.fast_path:
+            return self._send(frame.text)
         deflate = self._framing
         if deflate is _UNKNOWN:
             try:

@@ -39,10 +39,15 @@ GROUPS: tuple[str, ...] = (
 #: Client messages larger than this close the connection with 1009.
 MAX_MESSAGE_BYTES = 64 * 1024
 
+#: At most this many characters of a peer's input are quoted back in an error message.
+MAX_QUOTED_CHARS = 100
+
 # Close codes used by the server.
 CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_CREDENTIALS_EXPIRED = 4401
 CLOSE_NOT_ADMIN = 4403
 
@@ -72,6 +77,12 @@ class ProtocolError(ValueError):
         self.message = message
 
 
+def quote(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` (a peer's input, already repr'd or joined) cut to ``limit`` characters,
+    marked with an ellipsis when cut: an error never echoes a large input back."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def dumps(obj: JSON) -> str:
     """Compact, strict JSON: NaN and infinities are refused, not written."""
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
@@ -93,7 +104,7 @@ def parse_metrics(
         return tuple(offered)
     unknown = [n for n in names if not isinstance(n, str) or n not in offered]
     if unknown:
-        shown = ", ".join(repr(n) for n in unknown[:5])
+        shown = quote(", ".join(quote(repr(n)) for n in unknown[:5]))
         raise ProtocolError(
             ERR_UNKNOWN_METRIC,
             f"unknown metric group(s) {shown}; this server offers: {', '.join(offered)}",
@@ -187,7 +198,7 @@ class Status:
             if key in _STATUS_HEADER:
                 continue
             if not isinstance(value, dict):
-                raise ProtocolError(ERR_BAD_FIELD, f"group {key!r} must be an object")
+                raise ProtocolError(ERR_BAD_FIELD, f"group {quote(repr(key))} must be an object")
             groups[key] = value
         return cls(
             seq=seq,
@@ -348,7 +359,7 @@ def decode(text: str | bytes) -> ServerMessage:
     kind = obj.get("type")
     cls = _SERVER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(ERR_UNKNOWN_TYPE, f"unknown frame type {kind!r}")
+        raise ProtocolError(ERR_UNKNOWN_TYPE, f"unknown frame type {quote(repr(kind))}")
     result: ServerMessage = cls.from_json(obj)
     return result
 
@@ -362,11 +373,13 @@ def decode_client(text: str | bytes, offered: Sequence[str] = GROUPS) -> Subscri
     kind = obj.get("type")
     if kind != Subscribe.TYPE:
         raise ProtocolError(
-            ERR_UNKNOWN_TYPE, f"unknown message type {kind!r}; the only one accepted is 'subscribe'"
+            ERR_UNKNOWN_TYPE,
+            f"unknown message type {quote(repr(kind))}; the only one accepted is 'subscribe'",
         )
     extra = set(obj) - {"type", "metrics"}
     if extra:
-        raise ProtocolError(ERR_BAD_FIELD, f"unexpected field(s): {', '.join(sorted(extra))}")
+        shown = quote(", ".join(quote(repr(name)) for name in sorted(extra)[:5]))
+        raise ProtocolError(ERR_BAD_FIELD, f"unexpected field(s): {shown}")
     metrics = obj.get("metrics")
     if not isinstance(metrics, list):
         raise ProtocolError(ERR_BAD_FIELD, "'metrics' must be a list of group names")

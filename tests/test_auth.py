@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from jupyter_server.auth import User
+import websockets
+from jupyter_server.auth import IdentityProvider, User
+from tornado import web
+from tornado.httpclient import HTTPClientError
 
 from jupyter_server_ext import auth as auth_module
-from jupyter_server_ext.auth import AdminPolicy, CredentialsWatcher, recheck_hub_user
-from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
+from jupyter_server_ext.auth import (
+    AdminPolicy,
+    CredentialsWatcher,
+    hub_unreachable,
+    recheck_hub_user,
+)
+from sysmon_nb.protocol import (
+    CLOSE_CREDENTIALS_EXPIRED,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NOT_ADMIN,
+)
+
+from .conftest import eventually, recv_json, recv_type
 
 
 class HubUser(User):
@@ -167,7 +183,12 @@ def test_watcher_with_past_expiry_closes_at_once_and_stop_prevents_closing() -> 
 
 
 def test_watcher_rechecks_until_the_verdict_closes() -> None:
-    verdicts: list[Any] = [None, RuntimeError("hub restarting"), None, (CLOSE_NOT_ADMIN, "gone")]
+    verdicts: list[Any] = [
+        None,
+        ConnectionRefusedError("hub restarting"),
+        None,
+        (CLOSE_NOT_ADMIN, "gone"),
+    ]
     asked: list[int] = []
 
     async def revalidate() -> Any:
@@ -228,3 +249,198 @@ def test_hub_recheck_verdicts(model: dict[str, Any] | None, verdict: int | None)
     assert (None if result is None else result[0]) == verdict
     assert hub_auth.calls == [("t0k", False)]  # always asks the hub, never its cache
     assert user.hub_user["admin"] is True  # the admitted identity is left as it was
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (TimeoutError(), True),
+        (HTTPClientError(599), True),
+        (HTTPClientError(503), True),
+        (web.HTTPError(500, "Failed to connect to Hub API at 'http://hub/'."), True),
+        (web.HTTPError(502, "Failed to check authorization (upstream problem)"), True),
+        (web.HTTPError(500, "Permission failure checking authorization"), False),
+        (HTTPClientError(403), False),
+        (TypeError("user_for_token() got an unexpected keyword argument 'sync'"), False),
+        (KeyError("name"), False),
+    ],
+)
+def test_only_an_unreachable_hub_is_retried(error: Exception, retried: bool) -> None:
+    assert hub_unreachable(error) is retried
+
+
+# -- through a real server: hub re-checks that fail, and providers with many users --------
+
+
+class StandInHubAuth:
+    """What a re-check calls on ``hub_auth``; ``user_for_token`` fails as told."""
+
+    access_scopes = frozenset({"access:servers!server=owner/"})
+    failure: ClassVar[Exception | None] = None
+    calls: ClassVar[list[str]] = []
+
+    def get_token(self, handler: Any) -> str:
+        return "hub-token"
+
+    async def user_for_token(self, token: str, use_cache: bool = True, sync: bool = True) -> Any:
+        self.calls.append(token)
+        if self.failure is not None:
+            raise self.failure
+        return {"name": "root", "admin": True, "scopes": sorted(self.access_scopes)}
+
+    def check_scopes(self, required: Any, model: dict[str, Any]) -> set[str]:
+        return set(required) & set(model.get("scopes", []))
+
+
+class StandInHubProvider(IdentityProvider):
+    """A JupyterHub-shaped identity provider whose hub is :class:`StandInHubAuth`."""
+
+    hub_auth = StandInHubAuth()
+
+    async def get_user(self, handler: Any) -> User | None:
+        scheme, _, token = handler.request.headers.get("Authorization", "").partition(" ")
+        if (scheme.lower(), token) != ("token", "hub-token"):
+            return None
+        return HubUser({"name": "root", "admin": True, "groups": []})
+
+
+@pytest.fixture
+def hub_failure(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Exception:
+    monkeypatch.setattr(StandInHubAuth, "failure", request.param)
+    monkeypatch.setattr(StandInHubAuth, "calls", [])
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def server_log(sysmon: Any) -> Any:
+    """Records of the server's log from now on."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.DEBUG)
+    logger = logging.getLogger("ServerApp")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+HUB_PROVIDER = {"identity_provider_class": StandInHubProvider}
+HUB_TOKEN = {"Authorization": "token hub-token"}
+
+
+@pytest.mark.parametrize("server_config", [HUB_PROVIDER], indirect=True)
+@pytest.mark.parametrize("sysmon_config", [{"revalidate_interval": 0.1}], indirect=True)
+@pytest.mark.parametrize(
+    "hub_failure", [TypeError("an API change: unexpected keyword 'sync'")], indirect=True
+)
+async def test_a_recheck_that_breaks_closes_1011_with_the_traceback(
+    hub_failure: Exception, connect: Any, server_log: list[logging.LogRecord]
+) -> None:
+    async with connect("metrics=cpu", headers=HUB_TOKEN) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        with pytest.raises(websockets.ConnectionClosed) as excinfo:
+            for _ in range(100):
+                await recv_json(ws)
+    assert excinfo.value.rcvd is not None and excinfo.value.rcvd.code == CLOSE_INTERNAL_ERROR
+    assert StandInHubAuth.calls == ["hub-token"]  # not retried
+    (line,) = [r for r in server_log if "re-check failed" in r.getMessage()]
+    assert line.levelno == logging.ERROR
+    assert line.exc_info is not None and line.exc_info[1] is hub_failure
+
+
+@pytest.mark.parametrize("server_config", [HUB_PROVIDER], indirect=True)
+@pytest.mark.parametrize("sysmon_config", [{"revalidate_interval": 0.1}], indirect=True)
+@pytest.mark.parametrize("hub_failure", [ConnectionRefusedError(111, "refused")], indirect=True)
+async def test_an_unreachable_hub_is_retried_and_the_connection_stays(
+    hub_failure: Exception, connect: Any, server_log: list[logging.LogRecord]
+) -> None:
+    async with connect("metrics=cpu", headers=HUB_TOKEN) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        await eventually(lambda: len(StandInHubAuth.calls) >= 4)
+        assert "cpu" in await recv_type(ws, "status")  # still streaming
+        StandInHubAuth.failure = None  # the hub is back
+        calls = len(StandInHubAuth.calls)
+        await eventually(lambda: len(StandInHubAuth.calls) >= calls + 2)
+        assert "cpu" in await recv_type(ws, "status")
+    (warning,) = [r for r in server_log if "could not reach the hub" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "refused" in warning.getMessage()
+    assert len([r for r in server_log if "reached the hub again" in r.getMessage()]) == 1
+
+
+class HeaderIdentityProvider(IdentityProvider):
+    """A multi-user provider: a plain ``User`` named by the ``X-User`` header."""
+
+    async def get_user(self, handler: Any) -> User | None:
+        name = handler.request.headers.get("X-User")
+        return User(username=name) if name else None
+
+
+class StartupRecords(logging.Handler):
+    """Added by the extension's own logging config, so it sees start-up."""
+
+    records: ClassVar[list[logging.LogRecord]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def startup_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh :class:`StartupRecords`; ask for it before the server fixtures."""
+    monkeypatch.setattr(StartupRecords, "records", [])
+
+
+@pytest.mark.parametrize(
+    "server_config", [{"identity_provider_class": HeaderIdentityProvider}], indirect=True
+)
+@pytest.mark.parametrize(
+    "sysmon_config",
+    [
+        {
+            "admin_users": ["alice"],
+            "logging_config": {
+                "handlers": {"startup": {"class": f"{__name__}.StartupRecords"}},
+                "loggers": {"SysmonExtension": {"handlers": ["console", "startup"]}},
+            },
+        }
+    ],
+    indirect=True,
+)
+async def test_a_multi_user_provider_gets_no_owner_rule(
+    startup_records: None, connect: Any, sysmon: Any
+) -> None:
+    assert sysmon.allow_owner is True  # on, by default, outside JupyterHub ...
+    async with connect("metrics=cpu", headers={"X-User": "alice"}) as ws:  # admin_users
+        assert (await recv_json(ws))["type"] == "hello"
+        assert "cpu" in await recv_type(ws, "status")
+    with pytest.raises(websockets.InvalidStatus) as excinfo:  # ... but bob is not the owner
+        async with connect("metrics=cpu", headers={"X-User": "bob"}):
+            pass
+    assert excinfo.value.response.status_code == 403
+    assert "not an administrator" in json.loads(excinfo.value.response.body)["message"]
+    lines = [r for r in StartupRecords.records if "allow_owner is off" in r.getMessage()]
+    assert len(lines) == 1
+    assert "HeaderIdentityProvider" in lines[0].getMessage()
+
+
+async def test_the_owner_rule_holds_with_jupyter_servers_own_provider(
+    connect: Any, sysmon: Any
+) -> None:
+    assert type(sysmon.serverapp.identity_provider).__name__ == "PasswordIdentityProvider"
+    async with connect("metrics=cpu") as ws:  # the server's own token: the owner
+        assert (await recv_json(ws))["type"] == "hello"
+
+
+def test_owner_rule_only_for_single_user_providers() -> None:
+    owner = User(username="6f3a")
+    assert policy(allow_owner=True, single_user_provider=True).check(owner).allowed
+    assert not policy(allow_owner=True, single_user_provider=False).check(owner).allowed
+    assert (
+        policy(allow_owner=True, single_user_provider=False, admin_users={"6f3a"})
+        .check(owner)
+        .allowed
+    )

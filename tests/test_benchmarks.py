@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_part_of_the_issue_has_a_module_and_a_title() -> None:
     assert list(PARTS) == [
         "sampler", "fanout", "compression", "slow", "peers", "widget", "idle", "latency",
-        "fleet", "prometheus",
+        "fleet", "prometheus", "flood", "history",
     ]  # fmt: skip
     listing = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--list"],
@@ -146,3 +146,22 @@ def test_the_prometheus_part_runs_on_tiny_sizes(tmp_path: Path) -> None:
     else:
         assert fed["met"] is None and "not installed" in fed["reason"]
     assert by_name["sysmon collector alone (generate_latest, in process, median)"]["value"] > 0
+
+
+def test_the_flood_and_history_parts_run_on_tiny_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "history", "flood", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    by_part = {r["part"]: r for r in json.loads(out.read_text())["results"] if r["goal"]}
+    history = by_part["history"]
+    assert history["reference_name"] == "history encoded for every connect"
+    assert history["value"] is not None and history["reference"] is not None
+    assert "goal <= 5 ms" in run.stdout
+    assert "each got at least 30 samples" in run.stdout  # every client got the history
+    assert "goal < 10,000 bytes: MET" in run.stdout  # the flood's log stays small

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import zlib
 from typing import Any
 
@@ -150,19 +151,75 @@ async def test_failed_write_drops_the_subscriber() -> None:
     assert len(stalled.frames) == 1
 
 
-def test_send_that_raises_drops_only_that_subscriber() -> None:
+def test_send_that_raises_drops_only_that_subscriber_and_tells_its_connection() -> None:
     b = SystemStatusBroadcaster(history=0, buffer_size=3)
+    told: list[BaseException] = []
 
     def broken(frame: Frame) -> Any:
-        raise RuntimeError("socket closed")
+        raise RuntimeError("a bug")
 
-    b.subscribe(broken, ("cpu",))
+    b.subscribe(broken, ("cpu",), on_error=told.append)
     ok = Recorder()
     b.subscribe(ok, ("cpu",))
     b.publish(sample(1))
     b.publish(sample(2))
     assert ok.seqs == [1, 2]
     assert len(b) == 1
+    assert [str(e) for e in told] == ["a bug"]  # once, not once per sample
+
+
+async def test_a_write_that_fails_later_tells_the_connection() -> None:
+    loop = asyncio.get_running_loop()
+    b = SystemStatusBroadcaster(history=0, buffer_size=3)
+    stalled = Stalled(loop)
+    told: list[BaseException] = []
+    sub = b.subscribe(stalled, ("cpu",), on_error=told.append)
+    b.publish(sample(1))
+    stalled.futures[0].set_exception(ConnectionResetError("gone"))
+    await asyncio.sleep(0)
+    assert sub.closed and isinstance(told[0], ConnectionResetError)
+
+
+def test_a_send_error_with_nobody_to_tell_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    b = SystemStatusBroadcaster(history=0, buffer_size=3)
+
+    def broken(frame: Frame) -> Any:
+        raise RuntimeError("a bug")
+
+    b.subscribe(broken, ("cpu",))
+    with caplog.at_level(logging.WARNING, logger="sysmon_nb.broadcaster"):
+        b.publish(sample(1))
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "a bug" in caplog.records[0].getMessage()
+
+
+def test_history_frame_is_encoded_once_until_the_next_sample() -> None:
+    b = SystemStatusBroadcaster(history=10, buffer_size=3)
+    for seq in range(1, 6):
+        b.publish(sample(seq))
+    first = b.history_frame(3, ("cpu",))
+    assert b.history_frame(3, ("cpu",)) is first  # shared
+    assert b.history_frame(300, ("cpu",)) is not first  # another length (5 kept)
+    assert b.history_frame(300, ("cpu",)) is b.history_frame(5, ("cpu",))  # capped alike
+    assert b.history_frame(3, ("memory",)) is not first  # another subscription
+    body = json.loads(first.text)
+    assert body["type"] == "history" and [s["seq"] for s in body["samples"]] == [3, 4, 5]
+    assert all(set(s) >= {"cpu"} and "memory" not in s for s in body["samples"])
+    b.publish(sample(6))  # a new sample: what was kept is stale
+    fresh = b.history_frame(3, ("cpu",))
+    assert fresh is not first
+    assert [s["seq"] for s in json.loads(fresh.text)["samples"]] == [4, 5, 6]
+    b.history_frames_kept = 0  # the uncached path, for the benchmark's reference
+    assert b.history_frame(3, ("cpu",)) is not b.history_frame(3, ("cpu",))
+
+
+def test_history_frames_kept_are_bounded() -> None:
+    b = SystemStatusBroadcaster(history=50, buffer_size=3)
+    for seq in range(1, 51):
+        b.publish(sample(seq))
+    for count in range(1, 51):
+        b.history_frame(count, ("cpu",))
+    assert len(b._history_frames) <= b.history_frames_kept
 
 
 # -- frames built once (fanout) --------------------------------------------------------

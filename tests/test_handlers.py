@@ -1,11 +1,17 @@
-"""sysmon/ws and sysmon/api/status through a real jupyter_server and real clients."""
+"""sysmon/ws and sysmon/api/status through a real jupyter_server and real clients.
+
+Every test here runs twice: on the fast path (frames written directly, tornado internals
+checked at start-up) and on tornado's public ``write_message`` path (``fast_path =
+False``, what a tornado without those internals gets)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
+import logging
 import os
 import socket
 import time
@@ -17,13 +23,32 @@ from jupyter_server.auth import IdentityProvider, User
 from tornado.httpclient import HTTPClientError
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from jupyter_server_ext import fanout
 from jupyter_server_ext.errors import CollectorError
+from jupyter_server_ext.handlers import MAX_UNREAD_REPLY_BYTES
 from sysmon_nb import __version__
 from sysmon_nb.protocol import GROUPS, PROTOCOL_VERSION, Status, decode
 
 from .conftest import TEST_INTERVAL, eventually, recv_json, recv_type
 
 HEADER_KEYS = {"type", "seq", "time", "host", "interval", "errors", "stale", "skipped_ticks"}
+
+
+@pytest.fixture(params=["fast", "public"])
+def write_path(request: pytest.FixtureRequest) -> str:
+    """Which write path the server uses: ``fast`` (the default) or ``public``."""
+    return str(request.param)
+
+
+@pytest.fixture
+def sysmon_config(request: pytest.FixtureRequest, write_path: str) -> dict[str, Any]:
+    """conftest's ``sysmon_config``, on the write path of ``write_path``."""
+    return {"fast_path": write_path == "fast", **getattr(request, "param", {})}
+
+
+def fast_path_only(write_path: str, why: str) -> None:
+    if write_path != "fast":
+        pytest.skip(f"fast path only: {why}")
 
 
 async def assert_still_serving(connect: Any) -> None:
@@ -321,21 +346,23 @@ def negotiated_extensions(ws: Any) -> list[str]:
     return [type(ext).__name__ for ext in ws.protocol.extensions]
 
 
-async def test_no_compression_by_default(connect: Any) -> None:
+async def test_compression_by_default_when_offered(connect: Any, sysmon: Any) -> None:
+    assert sysmon.compression is True
     async with connect("metrics=cpu") as ws:  # the client offers permessage-deflate
-        assert negotiated_extensions(ws) == []
-        assert (await recv_json(ws))["type"] == "hello"
-
-
-@pytest.mark.parametrize("sysmon_config", [{"compression": True}], indirect=True)
-async def test_compression_when_enabled_and_offered(connect: Any) -> None:
-    async with connect("metrics=cpu") as ws:
         assert negotiated_extensions(ws) == ["PerMessageDeflate"]
         assert (await recv_json(ws))["type"] == "hello"
         assert "cpu" in await recv_type(ws, "status")
     async with connect("metrics=cpu", compression=None) as plain:  # not offered: plain
         assert negotiated_extensions(plain) == []
         assert "cpu" in await recv_type(plain, "status")
+
+
+@pytest.mark.parametrize("sysmon_config", [{"compression": False}], indirect=True)
+async def test_no_compression_when_turned_off(connect: Any) -> None:
+    async with connect("metrics=cpu") as ws:  # the client offers permessage-deflate
+        assert negotiated_extensions(ws) == []
+        assert (await recv_json(ws))["type"] == "hello"
+        assert "cpu" in await recv_type(ws, "status")
 
 
 async def test_closed_connection_leaves_nothing(connect: Any, sysmon: Any) -> None:
@@ -434,7 +461,7 @@ async def test_client_that_sends_but_never_reads_is_closed_not_buffered(
             sock.close()
         assert handler.ws_connection is None or handler.ws_connection.is_closing(), sent
         assert sent < 3000
-        assert handler._unread_replies <= 32
+        assert handler._unread_reply_bytes <= MAX_UNREAD_REPLY_BYTES + 1000
         await recv_type(bystander, "status")  # everyone else is still served
 
 
@@ -532,8 +559,9 @@ def read_frames(sock: socket.socket, seconds: float) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("sysmon_config", [{"compression": True}], indirect=True)
-async def test_compressed_and_plain_clients_get_the_same_text(connect: Any) -> None:
+async def test_compressed_and_plain_clients_get_the_same_text(
+    connect: Any, write_path: str
+) -> None:
     small_window = ClientPerMessageDeflateFactory(server_max_window_bits=10)
     async with (
         connect("metrics=cpu,memory,processes") as deflated,
@@ -544,7 +572,9 @@ async def test_compressed_and_plain_clients_get_the_same_text(connect: Any) -> N
     ):
         (ext,) = deflated.protocol.extensions
         # one compressed frame serves every client: no server context between messages
-        assert ext.remote_no_context_takeover and ext.local_no_context_takeover
+        # (tornado's own compression, on the public path, keeps a context per client)
+        shared = ext.remote_no_context_takeover and ext.local_no_context_takeover
+        assert shared is (write_path == "fast")
         assert negotiated_extensions(plain) == []
         assert negotiated_extensions(narrow) == ["PerMessageDeflate"]
         texts: dict[str, dict[int, str]] = {}
@@ -607,12 +637,115 @@ async def test_stalled_reader_gets_newest_frames_and_spares_the_others(
 
 
 async def test_a_connection_keeps_nothing_of_its_handshake_answer(
-    connect: Any, sysmon: Any
+    connect: Any, sysmon: Any, write_path: str
 ) -> None:
     async with connect("metrics=cpu") as ws:
         assert (await recv_json(ws))["type"] == "hello"
         (handler,) = sysmon.connections
-        # the 101 answer's headers and login cookie are gone once written ...
-        assert not handler._headers and not hasattr(handler, "_new_cookie")
+        # the 101 answer's headers and login cookie are gone once written (on the fast
+        # path: this reaches into tornado, so the public path leaves them) ...
+        dropped = not handler._headers and not hasattr(handler, "_new_cookie")
+        assert dropped is (write_path == "fast")
         # ... and the connection streams on
         assert "cpu" in await recv_type(ws, "status")
+
+
+# -- tornado internals, guarded -----------------------------------------------------------
+
+
+def test_this_tornado_has_what_the_fast_path_needs() -> None:
+    assert fanout.missing_internals() == []
+
+
+async def test_the_server_takes_the_path_it_was_told(sysmon: Any, write_path: str) -> None:
+    assert sysmon.use_fast_path is (write_path == "fast")
+
+
+class StartupRecords(logging.Handler):
+    """A log handler the extension's own logging config adds (so it sees start-up)."""
+
+    records: ClassVar[list[logging.LogRecord]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+#: ``c.SysmonExtension.logging_config`` adding :class:`StartupRecords` to its log.
+RECORD_STARTUP = {
+    "logging_config": {
+        "handlers": {"startup": {"class": f"{__name__}.StartupRecords", "level": "DEBUG"}},
+        "loggers": {"SysmonExtension": {"handlers": ["console", "startup"]}},
+    }
+}
+
+
+@pytest.fixture
+def tornado_without_an_internal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later tornado, as the start-up check sees it: one method the fast path calls is
+    gone. Ask for it before the server fixtures."""
+    methods = (*fanout.PROTOCOL_METHODS, "_gone_in_a_later_tornado")
+    monkeypatch.setattr(fanout, "PROTOCOL_METHODS", methods)
+    monkeypatch.setattr(StartupRecords, "records", [])
+
+
+@pytest.mark.parametrize("sysmon_config", [RECORD_STARTUP], indirect=True)
+async def test_without_the_internals_the_public_path_serves_after_one_warning(
+    tornado_without_an_internal: None, connect: Any, sysmon: Any, write_path: str
+) -> None:
+    fast_path_only(write_path, "the public path was asked for: nothing to check")
+    assert sysmon.use_fast_path is False
+    lines = [r for r in StartupRecords.records if "direct write path" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.WARNING
+    assert "WebSocketProtocol13._gone_in_a_later_tornado" in lines[0].getMessage()
+    async with connect("metrics=cpu") as ws:
+        (ext,) = ws.protocol.extensions  # tornado's own deflate: a context per client
+        assert not ext.remote_no_context_takeover
+        assert (await recv_json(ws))["type"] == "hello"
+        assert "cpu" in await recv_type(ws, "status")
+        await ws.send(json.dumps({"type": "subscribe", "metrics": ["memory"]}))
+        assert (await recv_type(ws, "subscribed"))["metrics"] == ["memory"]
+        assert "memory" in await recv_type(ws, "status")
+
+
+# -- history, encoded once ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sysmon_config", [{"interval": 60.0}], indirect=True)
+async def test_history_is_encoded_once_until_the_next_sample(
+    connect: Any, sysmon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_server_ext import broadcaster as broadcaster_module
+
+    encoded: list[str] = []
+    encode = broadcaster_module.encode
+
+    def counting(message: Any) -> str:
+        text = encode(message)
+        if message.TYPE == "history":
+            encoded.append(text)
+        return text
+
+    monkeypatch.setattr(broadcaster_module, "encode", counting)
+    await eventually(lambda: sysmon.broadcaster.published >= 1)
+
+    async def history(query: str) -> dict[str, Any]:
+        async with connect(query) as ws:
+            await recv_json(ws)
+            return await recv_json(ws)
+
+    first = await history("history=5&metrics=cpu,memory")
+    second = await history("history=5&metrics=memory,cpu")
+    assert first == second and first["type"] == "history" and first["samples"]
+    assert len(encoded) == 1  # the second client got the same frame
+    await history("history=5&metrics=cpu")
+    assert len(encoded) == 2  # another subscription is another frame
+    newest = (await history("history=1&metrics=cpu"))["samples"]
+    encodings = len(encoded)
+    latest = sysmon.broadcaster.latest
+    sysmon.broadcaster.publish(dataclasses.replace(latest, seq=latest.seq + 1))  # a new sample
+    third = await history("history=5&metrics=cpu,memory")
+    assert len(encoded) == encodings + 1
+    assert len(third["samples"]) == len(first["samples"]) + 1
+    after = (await history("history=1&metrics=cpu"))["samples"]  # same key, new content
+    assert after[0]["seq"] == newest[0]["seq"] + 1

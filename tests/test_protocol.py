@@ -10,6 +10,7 @@ import pytest
 
 from sysmon_nb.protocol import (
     GROUPS,
+    MAX_QUOTED_CHARS,
     Error,
     Hello,
     History,
@@ -215,3 +216,20 @@ def test_importing_the_notebook_side_stays_cheap() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "subscribe", "metrics": ["Q" * 60_000]},
+        {"type": "subscribe", "metrics": ["J" * 200, "K" * 200, "V" * 200]},
+        {"type": "Q" * 60_000},
+        {"type": "subscribe", "metrics": [], "Q" * 60_000: 1},
+    ],
+)
+def test_errors_quote_at_most_100_characters_of_the_input(message: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError) as excinfo:
+        decode_client(json.dumps(message))
+    text = excinfo.value.message
+    assert sum(text.count(c) for c in "QJKV") <= MAX_QUOTED_CHARS
+    assert len(text) < 300
