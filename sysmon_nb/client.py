@@ -319,7 +319,8 @@ class StatusClient:
                         yield message
                 except websockets.ConnectionClosed:
                     pass
-            code, why = ws.close_code, ws.close_reason
+            # The Sans-I/O protocol's close code: the connection has it only from 15.0.
+            code, why = ws.protocol.close_code, ws.protocol.close_reason or ""
             if code in _REFUSING_CLOSE_CODES:
                 reason = _REFUSING_CLOSE_CODES[code] + (f" ({why})" if why else "")
                 self._refuse(reason)

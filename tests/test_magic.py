@@ -26,7 +26,9 @@ def sysmon_tasks():
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("sysmon ")]
 
 def sockets_to(port):
-    return [c for c in psutil.Process().net_connections(kind="tcp")
+    proc = psutil.Process()
+    connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+    return [c for c in connections(kind="tcp")
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
 """
 
