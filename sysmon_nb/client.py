@@ -74,6 +74,8 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 #: Most samples asked for when catching up after a reconnect.
 MAX_CATCH_UP = 720
+#: The oldest websockets this client works with (pyproject.toml's floor).
+MIN_WEBSOCKETS = (14, 2)
 
 _REFUSING_CLOSE_CODES = {
     CLOSE_CREDENTIALS_EXPIRED: "credentials expired",
@@ -285,6 +287,7 @@ class StatusClient:
         """
         import websockets
 
+        _check_websockets(websockets.__version__)
         process_exception = _process_exception()
         attempt = 0
         while True:
@@ -411,6 +414,18 @@ class StatusClient:
                 self.on_state(state)
             except Exception:
                 log.exception("sysmon: on_state callback failed")
+
+
+def _check_websockets(version: str) -> None:
+    """Stop with a reason that says what to do when ``websockets`` is older than the floor
+    (a kernel environment where pip did not upgrade it): older ones fail deep inside."""
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < MIN_WEBSOCKETS:
+        need = ".".join(map(str, MIN_WEBSOCKETS))
+        raise ClientError(
+            f"websockets {version} is too old: sysmon-nb needs {need} or newer"
+            f" (pip install -U 'websockets>={need}' in this kernel's environment)"
+        )
 
 
 def _process_exception() -> Callable[[Exception], Exception | None]:

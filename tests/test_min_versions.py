@@ -12,14 +12,14 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from sysmon_nb.client import _process_exception
+from sysmon_nb.client import MIN_WEBSOCKETS, ClientError, _check_websockets, _process_exception
 
 ROOT = Path(__file__).resolve().parent.parent
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the check needs to run once only
 
 
 def floors() -> dict[str, str]:
     """Each runtime dependency's ``>=`` floor, by canonical name."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; one run of the check suffices
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     found: dict[str, str] = {}
     for line in project["dependencies"]:
@@ -55,3 +55,13 @@ def test_websockets_judges_which_connection_errors_are_worth_a_retry() -> None:
     assert judge(TimeoutError()) is None
     fatal = ValueError("not a network error")
     assert judge(fatal) is fatal
+
+
+def test_a_websockets_older_than_the_floor_stops_the_client_with_what_to_do() -> None:
+    for fine in ("14.2", "15.0.1", "17.4", "16.1rc1"):
+        _check_websockets(fine)
+    with pytest.raises(ClientError, match=r"websockets 13.1 is too old: .* 14.2 or newer"):
+        _check_websockets("13.1")
+    with pytest.raises(ClientError, match=re.escape("pip install -U 'websockets>=14.2'")):
+        _check_websockets("14.1")
+    assert ".".join(map(str, MIN_WEBSOCKETS)) == floors()["websockets"]
