@@ -1,6 +1,7 @@
 # sysmon-nb: `make demo` runs JupyterLab with the extension; `make test` runs every check;
-# `make bench` runs the benchmarks (`make bench PARTS=fanout` for one part).
-# Each target creates .venv and installs what it needs on first use.
+# `make bench` runs the benchmarks (`make bench PARTS=fanout` for one part);
+# `make test-min` runs the tests with the lowest dependency versions pyproject.toml allows.
+# Each target creates .venv (.venv-min) and installs what it needs on first use.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,12 @@ PORT   ?= 8888
 # jupyter refuses to run as root unless told; CI and containers run as root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: demo test lint clean bench
+# The floors' venv: every runtime dependency at its floor (constraints-min.txt), the test
+# tools as new as those floors allow.
+VENV_MIN := .venv-min
+BIN_MIN  := $(VENV_MIN)/bin
+
+.PHONY: demo test test-min lint clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +27,14 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+$(BIN_MIN)/python:
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(BIN_MIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV_MIN)/.test-installed: pyproject.toml constraints-min.txt | $(BIN_MIN)/python
+	$(BIN_MIN)/pip install --quiet -c constraints-min.txt -e ".[test]"
 	touch $@
 
 $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
@@ -47,5 +61,12 @@ lint: $(VENV)/.test-installed
 test: lint
 	$(BIN)/pytest
 
+# The whole suite at the floors (lint and mypy need no second run). pip check: the floors
+# and the tools agree; the list shows what was installed.
+test-min: $(VENV_MIN)/.test-installed
+	$(BIN_MIN)/pip check
+	$(BIN_MIN)/pip freeze --all | grep -iE "^($$(sed -n 's/==.*//p' constraints-min.txt | tr '_-' '..' | paste -sd'|' -))=="
+	$(BIN_MIN)/pytest
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) $(VENV_MIN) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -3,9 +3,21 @@
 It opens the WebSocket with the credentials in the ``Authorization`` header, decodes
 every frame with :mod:`sysmon_nb.protocol`, and reconnects after a dropped connection
 with exponential backoff and full jitter (0.5 s doubling to 30 s). On reconnect it asks
-for the samples it missed (``history=N``) and drops any it has already seen. It never
+for the samples it missed (``history=N``, N from the time since the last sample arrived,
+on this kernel's monotonic clock) and drops any it has already seen. It never
 reconnects after a refusal: HTTP 403 (or any other 4xx) before the upgrade, or a close
 with 4401 (credentials expired) or 4403 (admin rights withdrawn).
+
+Samples are told apart by the server process (``hello.server_id``) and ``seq``, never by
+``time``: the server's clock may step back or forward, and a sample is new when its
+``seq`` is past the newest seen from that server process. A restarted server is a new
+``server_id`` whose ``seq`` starts over. An older server that sends no ``server_id`` is
+told apart by ``seq`` and ``time`` together: a sample is a repeat only when neither is
+past the newest seen.
+
+Credentials: a JWT (three base64url parts, the first a JSON header) is sent as
+``Authorization: Bearer <jwt>``, anything else as ``token <value>`` (Jupyter and
+JupyterHub tokens); ``scheme`` overrides.
 
 Two ways to read it::
 
@@ -29,11 +41,14 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
@@ -59,6 +74,8 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 #: Most samples asked for when catching up after a reconnect.
 MAX_CATCH_UP = 720
+#: The oldest websockets this client works with (pyproject.toml's floor).
+MIN_WEBSOCKETS = (14, 2)
 
 _REFUSING_CLOSE_CODES = {
     CLOSE_CREDENTIALS_EXPIRED: "credentials expired",
@@ -66,6 +83,11 @@ _REFUSING_CLOSE_CODES = {
 }
 
 Phase = Literal["connecting", "connected", "reconnecting", "refused", "stopped"]
+
+#: ``Authorization`` schemes, by the name ``scheme=`` and ``%sysmon --scheme`` take.
+SCHEMES = {"token": "token", "bearer": "Bearer"}
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ClientError(Exception):
@@ -127,8 +149,54 @@ def endpoint_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path.rstrip("/"), "", ""))
 
 
-def _refusal(exc: BaseException) -> str | None:
-    """The reason, if ``exc`` means the server will not take this client."""
+def _b64url_json(part: str) -> Any:
+    """A base64url part of a JWT, decoded as JSON (None when it is not)."""
+    try:
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+
+
+def looks_like_jwt(value: str) -> bool:
+    """True for a compact JWT: three base64url parts, the first a JSON object (its header).
+
+    Jupyter and JupyterHub tokens have no dots, so they never look like one."""
+    parts = value.split(".")
+    return (
+        len(parts) == 3
+        and all(_B64URL.fullmatch(p) for p in parts[:2])
+        and (parts[2] == "" or _B64URL.fullmatch(parts[2]) is not None)
+        and isinstance(_b64url_json(parts[0]), dict)
+    )
+
+
+def jwt_expires_at(value: str) -> float | None:
+    """The ``exp`` claim of a JWT, read without checking it (the server checks); None when
+    ``value`` is no JWT or has no numeric ``exp``. Only used to say why a server refused."""
+    if not looks_like_jwt(value):
+        return None
+    payload = _b64url_json(value.split(".")[1])
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and math.isfinite(exp):
+        return float(exp)
+    return None
+
+
+def authorization(token: str, scheme: str | None = None) -> str:
+    """The ``Authorization`` header value for ``token``.
+
+    ``scheme`` is ``"token"`` or ``"bearer"`` (any case); None picks ``Bearer`` for a JWT
+    (what JWT identity providers read) and ``token`` for anything else."""
+    if scheme is None:
+        scheme = "bearer" if looks_like_jwt(token) else "token"
+    name = SCHEMES.get(scheme.lower())
+    if name is None:
+        raise ClientError(f"scheme must be one of {', '.join(SCHEMES)}; got {scheme!r}")
+    return f"{name} {token}"
+
+
+def _refusal(exc: BaseException) -> tuple[int, str] | None:
+    """The HTTP status and reason, if ``exc`` means the server will not take this client."""
     from websockets.exceptions import InvalidStatus
 
     if isinstance(exc, InvalidStatus):
@@ -140,7 +208,7 @@ def _refusal(exc: BaseException) -> str | None:
                 message = str(json.loads(response.body or b"{}").get("message") or "")
             if status == 404:
                 message = message or "no sysmon endpoint here; is the extension enabled?"
-            return f"HTTP {status}" + (f": {message}" if message else "")
+            return status, f"HTTP {status}" + (f": {message}" if message else "")
     return None
 
 
@@ -148,10 +216,11 @@ class StatusClient:
     """A reconnecting subscriber to a sysmon server.
 
     ``url`` is the server's URL (or its ``sysmon/ws`` URL); ``token`` goes in the
-    ``Authorization`` header (``scheme`` ``token`` for Jupyter tokens, ``Bearer`` for
-    JWTs). ``metrics`` picks groups (empty: all); ``history`` asks for that many past
-    samples on the first connection; ``open_limit``, a semaphore shared by many clients,
-    is held while opening a connection. ``on_state`` is called with each
+    ``Authorization`` header, as ``Bearer`` when it is a JWT and ``token`` otherwise;
+    ``scheme`` (``"token"`` or ``"bearer"``) overrides that guess. ``metrics`` picks
+    groups (empty: all); ``history`` asks for that many past samples on the first
+    connection; ``open_limit``, a semaphore shared by many clients, is held while
+    opening a connection. ``on_state`` is called with each
     :class:`ConnectionState`. Iterate it with ``async for``; cancel the iterating task
     (or ``aclose()`` the iterator) to stop: the socket is closed on the way out.
     """
@@ -161,7 +230,7 @@ class StatusClient:
         url: str,
         token: str | None = None,
         *,
-        scheme: str = "token",
+        scheme: str | None = None,
         metrics: Iterable[str] = (),
         history: int = 0,
         max_catch_up: int = MAX_CATCH_UP,
@@ -172,7 +241,8 @@ class StatusClient:
         compression: str | None = "deflate",
     ) -> None:
         self.url = endpoint_url(url)
-        self._headers = {"Authorization": f"{scheme} {token}"} if token else {}
+        self._token = token
+        self._headers = {"Authorization": authorization(token, scheme)} if token else {}
         self.metrics = tuple(metrics)
         self.history = max(0, int(history))
         self.max_catch_up = max(0, int(max_catch_up))
@@ -185,10 +255,18 @@ class StatusClient:
         self.compression = compression
         self.state = ConnectionState("connecting")
         self.hello: Hello | None = None
-        #: Time of the newest sample seen; older ones arriving later are dropped.
+        #: The server process whose samples were seen last (``hello.server_id``; None for
+        #: a server that sends none), and the newest ``seq`` seen from it.
+        self.server_id: str | None = None
+        self.last_seq: int | None = None
+        #: The server's time of the newest sample seen (shown, never used to drop one).
         self.last_time: float | None = None
+        #: When the newest sample arrived, on this kernel's monotonic clock.
+        self.last_arrival: float | None = None
         #: Frames that did not decode (logged and skipped).
         self.skipped = 0
+        #: Samples dropped because they had been seen already (catch-up overlap).
+        self.repeats = 0
         #: Successful connections so far (1 after the first hello).
         self.connections = 0
         #: The ``history`` asked for on the most recent connection.
@@ -215,8 +293,9 @@ class StatusClient:
         Ends by raising :class:`RefusedError` when the server refuses the client.
         """
         import websockets
-        from websockets.client import process_exception
 
+        _check_websockets(websockets.__version__)
+        process_exception = _process_exception()
         attempt = 0
         while True:
             url = self._url_for_attempt()
@@ -230,8 +309,9 @@ class StatusClient:
                         user_agent_header=f"sysmon-nb/{_version()}",
                     )
             except Exception as exc:
-                reason = _refusal(exc)
-                if reason is not None:
+                refusal = _refusal(exc)
+                if refusal is not None:
+                    reason = self._explain(*refusal)
                     self._refuse(reason)
                     raise RefusedError(reason) from exc
                 if process_exception(exc) is not None and not _is_dropped(exc):
@@ -264,18 +344,28 @@ class StatusClient:
         query: dict[str, Any] = {}
         if self.metrics:
             query["metrics"] = ",".join(self.metrics)
-        history = self.history if self.last_time is None else self._missed()
+        history = self.history if self.last_arrival is None else self._missed()
         self.asked_history = history
         if history:
             query["history"] = history
         return f"{self.url}?{urlencode(query)}" if query else self.url
 
     def _missed(self) -> int:
-        """How many samples were taken since the newest one seen (plus one spare)."""
-        if self.last_time is None or self.hello is None or self.max_catch_up == 0:
+        """How many samples were taken since the newest one arrived (plus one spare).
+
+        Measured on this kernel's monotonic clock: the server's clock may have stepped."""
+        if self.last_arrival is None or self.hello is None or self.max_catch_up == 0:
             return 0
-        gap = max(0.0, time.time() - self.last_time)
+        gap = max(0.0, time.monotonic() - self.last_arrival)
         return min(self.max_catch_up, math.ceil(gap / self.hello.interval) + 1)
+
+    def _explain(self, status: int, reason: str) -> str:
+        """A refusal's reason; a 401/403 to a JWT whose ``exp`` has passed says so."""
+        expires_at = jwt_expires_at(self._token) if self._token else None
+        if status in (401, 403) and expires_at is not None and expires_at <= time.time():
+            ago = time.time() - expires_at
+            return f"credentials expired ({reason}; the JWT's exp passed {ago:.0f} s ago)"
+        return reason
 
     def _accept(self, frame: str | bytes) -> ServerMessage | None:
         """Decode one frame; None for an invalid frame or only samples already seen."""
@@ -288,20 +378,31 @@ class StatusClient:
         if isinstance(message, Hello):
             self.hello = message
             self.connections += 1
+            if message.server_id != self.server_id:
+                if self.last_seq is not None:
+                    log.info("sysmon: %s is a new server process; its seq starts over", self.url)
+                self.server_id = message.server_id
+                self.last_seq = self.last_time = None
             self._set_state(ConnectionState("connected"))
         elif isinstance(message, History):
-            fresh = tuple(s for s in message.samples if self._is_new(s))
-            if fresh:
-                self.last_time = fresh[-1].time
+            fresh = tuple(s for s in message.samples if self._take(s))
             message = History(samples=fresh)
-        elif isinstance(message, Status):
-            if not self._is_new(message):
-                return None
-            self.last_time = message.time
+        elif isinstance(message, Status) and not self._take(message):
+            return None
         return message
 
-    def _is_new(self, sample: Status) -> bool:
-        return self.last_time is None or sample.time > self.last_time
+    def _take(self, sample: Status) -> bool:
+        """Whether ``sample`` is new (then it becomes the newest seen)."""
+        if self.last_seq is not None and sample.seq <= self.last_seq:
+            # The same server process: a repeat. A server without server_id may have
+            # restarted (its seq starts over): then its clock says the sample is newer.
+            old_time = self.last_time is not None and sample.time <= self.last_time
+            if self.server_id is not None or old_time:
+                self.repeats += 1
+                return False
+        self.last_seq, self.last_time = sample.seq, sample.time
+        self.last_arrival = time.monotonic()
+        return True
 
     async def _wait(self, attempt: int, why: str) -> int:
         delay = max(0.0, float(self.backoff(attempt)))
@@ -322,6 +423,32 @@ class StatusClient:
                 self.on_state(state)
             except Exception:
                 log.exception("sysmon: on_state callback failed")
+
+
+def _check_websockets(version: str) -> None:
+    """Stop with a reason that says what to do when ``websockets`` is older than the floor
+    (a kernel environment where pip did not upgrade it): older ones fail deep inside."""
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < MIN_WEBSOCKETS:
+        need = ".".join(map(str, MIN_WEBSOCKETS))
+        raise ClientError(
+            f"websockets {version} is too old: sysmon-nb needs {need} or newer"
+            f" (pip install -U 'websockets>={need}' in this kernel's environment)"
+        )
+
+
+def _process_exception() -> Callable[[Exception], Exception | None]:
+    """websockets' own judgement of which connection errors are worth a retry.
+
+    Public in ``websockets.client`` from 17.1, and in ``websockets.asyncio.client`` from
+    14.0 (our floor is 14.2) to at least 17.4; the newer home first, the older as a
+    fallback (``make test`` runs the first, ``make test-min`` the second).
+    """
+    try:
+        from websockets.client import process_exception
+    except ImportError:
+        from websockets.asyncio.client import process_exception
+    return process_exception
 
 
 def _is_dropped(exc: BaseException) -> bool:

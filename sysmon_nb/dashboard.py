@@ -5,6 +5,16 @@ messages (``hello``, ``history``, ``status``) and :meth:`SysmonDashboard.set_sta
 the client's :class:`~sysmon_nb.client.ConnectionState`. It keeps a rolling window of
 samples (bounded in count as well as time, however long it runs) and redraws every chart
 inside one ``hold_sync()`` per update, so each widget sends at most one message.
+
+Time: the x axis is the server's clock, but samples are kept and drawn in the order they
+arrive (the client already dropped repeats by server process and ``seq``), and none is
+ever dropped for its time. When the server's clock steps — a sample's time is not after
+the previous one's, or differs from what the ``seq`` (and skipped-tick) gap explains by
+more than :data:`STEP_TOLERANCE` or three intervals — every point already drawn is moved
+by the step: the line stays continuous, one interval per sample, and the axis reads the
+server's clock as it is now. A step forward smaller than the tolerance is drawn as the
+gap it looks like. "last sample ... ago" in the header counts from when the sample
+arrived here, not from its time.
 """
 
 from __future__ import annotations
@@ -38,6 +48,9 @@ MAX_POINTS = 10_000
 #: Percentages at or over this are shown as a warning.
 WARN_PERCENT = 90.0
 DEFAULT_WINDOW = 600.0
+#: A difference from the expected spacing of samples past this (s, or three intervals if
+#: more) is taken for a step of the server's clock; any step back always is.
+STEP_TOLERANCE = 10.0
 
 _BINARY_UNITS = (("TiB", 1024.0**4), ("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0))
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -243,6 +256,13 @@ class SysmonDashboard(widgets.VBox):
         self.metrics = tuple(metrics) or GROUPS
         self.window = parse_window(window)
         self.samples: deque[Status] = deque(maxlen=MAX_POINTS)
+        #: Where each of ``samples`` is drawn (s, the server's clock after any steps).
+        self.x_times: deque[float] = deque(maxlen=MAX_POINTS)
+        #: ``server_id`` of the newest sample's server, and when it arrived (wall time).
+        self._sample_server: str | None = None
+        self._arrived_at: float | None = None
+        #: Clock steps seen (s each, + forward), newest last.
+        self.clock_steps: list[float] = []
         self.hello: Hello | None = None
         self.state = ConnectionState("connecting")
         self.updates = 0
@@ -292,12 +312,14 @@ class SysmonDashboard(widgets.VBox):
         """Take one decoded message from the server and redraw."""
         if isinstance(message, Hello):
             self.hello = message
-            points = math.ceil(self.window / message.interval) + 2
-            self.samples = deque(self.samples, maxlen=max(2, min(MAX_POINTS, points)))
+            points = max(2, min(MAX_POINTS, math.ceil(self.window / message.interval) + 2))
+            self.samples = deque(self.samples, maxlen=points)
+            self.x_times = deque(self.x_times, maxlen=points)
         elif isinstance(message, History):
-            self.samples.extend(message.samples)
+            for sample in message.samples:
+                self._append(sample)
         elif isinstance(message, Status):
-            self.samples.append(message)
+            self._append(message)
         else:
             return
         self._trim()
@@ -310,18 +332,33 @@ class SysmonDashboard(widgets.VBox):
 
     def extend(self, samples: Iterable[Status]) -> None:
         """Add samples without a server (tests, replays) and redraw once."""
-        self.samples.extend(samples)
+        for sample in samples:
+            self._append(sample)
         self._trim()
         self.redraw()
 
     # -- drawing ---------------------------------------------------------------------
 
+    def _append(self, sample: Status) -> None:
+        """Keep ``sample`` after the others, moving them by any step of the server's clock."""
+        server = self.hello.server_id if self.hello else None
+        if self.samples:
+            step = clock_step(self.samples[-1], sample, same_server=server == self._sample_server)
+            if step:
+                self.clock_steps.append(step)
+                self.x_times = deque((x + step for x in self.x_times), maxlen=self.x_times.maxlen)
+        self.samples.append(sample)
+        self.x_times.append(sample.time)
+        self._sample_server = server
+        self._arrived_at = time.time()
+
     def _trim(self) -> None:
         if not self.samples:
             return
-        oldest = self.samples[-1].time - self.window
-        while self.samples and self.samples[0].time < oldest:
+        oldest = self.x_times[-1] - self.window
+        while self.samples and self.x_times[0] < oldest:
             self.samples.popleft()
+            self.x_times.popleft()
 
     def redraw(self) -> None:
         """Redraw every chart from the window, one ``hold_sync`` around it all."""
@@ -331,7 +368,7 @@ class SysmonDashboard(widgets.VBox):
             for widget in self._synced:
                 stack.enter_context(widget.hold_sync())
             if samples:
-                x = np.array([round(s.time * 1000) for s in samples], dtype=np.int64)
+                x = np.array([round(t * 1000) for t in self.x_times], dtype=np.int64)
                 x = x.astype("datetime64[ms]")
                 for name, chart in self.charts.items():
                     getattr(self, f"_draw_{name}")(chart, x, samples)
@@ -345,14 +382,11 @@ class SysmonDashboard(widgets.VBox):
         now = time.time() if now is None else now
         host = self.hello.host if self.hello else (self.samples[-1].host if self.samples else "…")
         interval = self.hello.interval if self.hello else None
-        state = self.state.describe(now)
-        color = {"connected": "#2ca02c", "refused": _WARN_COLOR, "stopped": "#7f7f7f"}.get(
-            self.state.phase, "#ff7f0e"
-        )
-        age = human_age(now - self.samples[-1].time) if self.samples else "no sample yet"
+        arrived = self._arrived_at
+        age = human_age(now - arrived) if arrived is not None else "no sample yet"
         parts = [
             f"<b style='font-size:15px'>sysmon · {html.escape(host)}</b>",
-            f"<span style='color:{color}'>● {html.escape(state)}</span>",
+            self._state_html(now),
             f"every {interval:g} s" if interval else "",
             f"last sample {age}",
             stale_text(self.samples[-1]) if self.samples else "",
@@ -363,6 +397,20 @@ class SysmonDashboard(widgets.VBox):
             "padding:4px 2px;border-bottom:1px solid #ddd'>"
             + "".join(f"<span>{p}</span>" for p in parts if p)
             + "</div>"
+        )
+
+    def _state_html(self, now: float) -> str:
+        """The connection state for the header; why it stopped or was refused, in red."""
+        state = self.state.describe(now)
+        color = {"connected": "#2ca02c", "refused": _WARN_COLOR, "stopped": "#7f7f7f"}.get(
+            self.state.phase, "#ff7f0e"
+        )
+        if self.state.phase == "stopped" and self.state.reason:
+            color = _WARN_COLOR
+        shown = state if len(state) <= 160 else state[:159] + "…"
+        return (
+            f"<span style='color:{color}' title='{html.escape(state, quote=True)}'>"
+            f"● {html.escape(shown)}</span>"
         )
 
     def _draw_cpu(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
@@ -536,6 +584,24 @@ def stale_text(sample: Status) -> str:
     if not parts:
         return ""
     return f"<span style='color:{_WARN_COLOR}'>stale: {html.escape(', '.join(parts))}</span>"
+
+
+def clock_step(previous: Status, sample: Status, *, same_server: bool = True) -> float:
+    """By how much the server's clock stepped between two consecutive samples (0: none).
+
+    From the same server process, ``seq`` and ``skipped_ticks`` say how many intervals
+    lie between them; a time off that by more than :data:`STEP_TOLERANCE` (or three
+    intervals) is a step. Across servers (a restart) only a time that did not move
+    forward is known to be one; the new sample is then placed one interval on."""
+    delta = sample.time - previous.time
+    interval = max(sample.interval, 1e-3)
+    if same_server and sample.seq > previous.seq:
+        ticks = sample.seq - previous.seq + max(0, sample.skipped_ticks - previous.skipped_ticks)
+        expected = ticks * interval
+        if delta <= 0 or abs(delta - expected) > max(STEP_TOLERANCE, 3 * interval):
+            return delta - expected
+        return 0.0
+    return delta - interval if delta <= 0 else 0.0
 
 
 def warnings_for(sample: Status) -> list[str]:

@@ -4,7 +4,10 @@
 :class:`~sysmon_nb.dashboard.SysmonDashboard` and feeds it from a
 :class:`~sysmon_nb.client.StatusClient` running as a task on the kernel's event loop:
 it keeps running between cells. ``%sysmon stop`` cancels every such task (each closes
-its socket on the way out); ``%sysmon status`` says what runs.
+its socket on the way out); ``%sysmon status`` says what runs. Whatever ends a task
+(a refusal, or any exception at all) is shown in the dashboard's header and in
+``%sysmon status`` as ``refused: ...`` or ``stopped: ...``, and an unexpected exception
+is logged once with its traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.display import display
 
-from .client import ClientError, ConnectionState, RefusedError, StatusClient
+from .client import SCHEMES, ClientError, ConnectionState, RefusedError, StatusClient
 from .dashboard import DEFAULT_WINDOW, SysmonDashboard, parse_window
 from .discovery import Target, discover
 from .protocol import ProtocolError, parse_metrics
@@ -49,6 +52,7 @@ class Monitor:
         metrics: Iterable[str] = (),
         window: float = DEFAULT_WINDOW,
         history: int | None = None,
+        scheme: str | None = None,
     ) -> None:
         self.target = target
         self.dashboard = SysmonDashboard(metrics=metrics, window=window)
@@ -59,6 +63,7 @@ class Monitor:
             target.token,
             metrics=metrics,
             history=history,
+            scheme=scheme,
             on_state=self.dashboard.set_state,
         )
         self.task: asyncio.Task[None] | None = None
@@ -67,7 +72,7 @@ class Monitor:
     def __repr__(self) -> str:
         return (
             f"<sysmon monitor {self.client.url} ({self.target.source}):"
-            f" {self.client.state.describe()}, {len(self.dashboard.samples)} samples>"
+            f" {self.dashboard.state.describe()}, {len(self.dashboard.samples)} samples>"
         )
 
     def start(self) -> Monitor:
@@ -108,7 +113,10 @@ class Monitor:
             self.error = err.reason
         except ClientError as err:
             self.error = err.reason
-            self.dashboard.set_state(ConnectionState("stopped", err.reason))
+            log.error("sysmon: %s stopped: %s", self.client.url, err.reason, exc_info=err)
+        except Exception as exc:  # whatever it is, the widget must say why it stopped
+            self.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.exception("sysmon: %s stopped: %s", self.client.url, self.error)
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +138,7 @@ def start(
     window: float | str = DEFAULT_WINDOW,
     history: int | None = None,
     token_env: str | None = None,
+    scheme: str | None = None,
 ) -> Monitor:
     """Find the server, start a monitor on the running loop, and return it (not shown)."""
     try:
@@ -146,7 +155,9 @@ def start(
         target = discover(url, token, token_env=token_env)
     except ClientError as err:
         raise UsageError(err.reason) from None
-    return Monitor(target, metrics=groups, window=seconds, history=history).start()
+    if scheme is not None and scheme.lower() not in SCHEMES:
+        raise UsageError(f"scheme must be one of {', '.join(SCHEMES)}; got {scheme!r}")
+    return Monitor(target, metrics=groups, window=seconds, history=history, scheme=scheme).start()
 
 
 def show(
@@ -157,15 +168,23 @@ def show(
     window: float | str = DEFAULT_WINDOW,
     history: int | None = None,
     token_env: str | None = None,
+    scheme: str | None = None,
 ) -> Monitor:
     """Show a live dashboard of this kernel's server; returns its :class:`Monitor`.
 
     Arguments as ``%sysmon``: ``metrics`` (groups, default all), ``window`` (seconds
     or ``"10m"``), ``history`` (samples asked for on connect; default fills the
-    window), ``url``/``token`` or ``token_env`` (else found by discovery).
+    window), ``url``/``token`` or ``token_env`` (else found by discovery), ``scheme``
+    (``"token"`` or ``"bearer"``; default: ``Bearer`` for a JWT, else ``token``).
     """
     monitor = start(
-        url, token, metrics=metrics, window=window, history=history, token_env=token_env
+        url,
+        token,
+        metrics=metrics,
+        window=window,
+        history=history,
+        token_env=token_env,
+        scheme=scheme,
     )
     display(monitor.dashboard)
     return monitor
@@ -226,6 +245,12 @@ class SysmonMagics(Magics):
     @magic_arguments.argument(
         "--token-env", default=None, help="environment variable that holds the token"
     )
+    @magic_arguments.argument(
+        "--scheme",
+        default=None,
+        choices=sorted(SCHEMES),
+        help="how the credential is sent (default: bearer for a JWT, else token)",
+    )
     @line_magic
     def sysmon(self, line: str) -> None:
         """Show live charts of the machine this kernel's Jupyter server runs on."""
@@ -249,4 +274,5 @@ class SysmonMagics(Magics):
             window=args.window,
             history=args.history,
             token_env=args.token_env,
+            scheme=args.scheme,
         )

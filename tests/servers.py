@@ -132,9 +132,11 @@ def pids_connected_to(port: int, pid: int | None = None) -> list[Any]:
     import psutil
 
     proc = psutil.Process(pid)
+    # net_connections from psutil 6.0; connections (deprecated since) before it.
+    connections = getattr(proc, "net_connections", None) or proc.connections
     return [
         c
-        for c in proc.net_connections(kind="tcp")
+        for c in connections(kind="tcp")
         if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
     ]
 

@@ -20,8 +20,11 @@ from sysmon_nb.client import (
     ConnectionState,
     RefusedError,
     StatusClient,
+    authorization,
     endpoint_url,
     full_jitter,
+    jwt_expires_at,
+    looks_like_jwt,
 )
 from sysmon_nb.protocol import (
     CLOSE_CREDENTIALS_EXPIRED,
@@ -32,6 +35,7 @@ from sysmon_nb.protocol import (
     encode,
 )
 
+from . import jwt_tools
 from .conftest import eventually
 from .servers import TOKEN, JupyterProcess, free_port
 
@@ -69,6 +73,28 @@ def test_states_describe_themselves() -> None:
     assert ConnectionState("connected").describe() == "connected"
     assert ConnectionState("reconnecting", "x", 112.2).describe(now=100.0) == "reconnecting in 13 s"
     assert ConnectionState("refused", "HTTP 403: no").describe() == "refused: HTTP 403: no"
+
+
+def test_a_jwt_is_told_from_a_jupyter_token() -> None:
+    jwt = jwt_tools.token()
+    assert looks_like_jwt(jwt)
+    assert looks_like_jwt(jwt_tools.raw_token({"alg": "none"}, {"sub": "x"}))  # no signature
+    for other in ("0123456789abcdef" * 3, "a.b.c", "x" * 40 + ".y.z", "", "..", jwt + ".x"):
+        assert not looks_like_jwt(other), other
+    assert jwt_expires_at(jwt_tools.token(exp=1234)) == 1234.0
+    assert jwt_expires_at(jwt_tools.token(exp=None)) is None
+    assert jwt_expires_at("not-a-jwt") is None
+
+
+def test_a_jwt_goes_as_bearer_unless_the_scheme_says_otherwise() -> None:
+    jwt = jwt_tools.token()
+    assert authorization(jwt) == f"Bearer {jwt}"
+    assert authorization("abc123") == "token abc123"
+    assert authorization(jwt, "token") == f"token {jwt}"
+    assert authorization(jwt, "TOKEN") == f"token {jwt}"
+    assert authorization("abc123", "bearer") == "Bearer abc123"
+    with pytest.raises(ClientError, match="scheme must be one of token, bearer"):
+        authorization("abc123", "basic")
 
 
 # -- a real jupyter_server (pytest-jupyter) --------------------------------------------
@@ -160,9 +186,17 @@ async def test_a_wrong_token_is_refused_too(
 # -- small real websockets servers -------------------------------------------------------
 
 
-def hello(interval: float = 1.0) -> str:
+def hello(interval: float = 1.0, server_id: str | None = None) -> str:
+    """A hello; without ``server_id``, as an older server sends it."""
     return encode(
-        Hello(server="t", host="fake", interval=interval, metrics=("cpu",), subscribed=("cpu",))
+        Hello(
+            server="t",
+            host="fake",
+            interval=interval,
+            metrics=("cpu",),
+            subscribed=("cpu",),
+            server_id=server_id,
+        )
     )
 
 
@@ -245,15 +279,16 @@ async def test_invalid_frames_are_logged_and_skipped(caplog: pytest.LogCaptureFi
 
 
 async def test_a_dropped_connection_is_retried_with_backoff_and_asks_for_what_it_missed() -> None:
-    start = time.time()
+    start = time.time() + 3600  # the server's clock is an hour ahead: it must not matter
 
     async def handler(ws: ServerConnection, n: int) -> None:
         if n == 1:
-            await ws.send(hello(interval=1.0))
+            await ws.send(hello(interval=0.1))
             await ws.send(encode(status(1, start - 5)))
+            await asyncio.sleep(0.5)  # five intervals pass on this side after seq 1
             await ws.close(1011, "server error")
             return
-        await ws.send(hello(interval=1.0))
+        await ws.send(hello(interval=0.1))
         # What the client has seen (seq 1) and what it missed (2, 3), then live (4).
         missed = (status(1, start - 5), status(2, start - 4), status(3, start - 3))
         await ws.send(encode(History(samples=missed)))
@@ -273,12 +308,110 @@ async def test_a_dropped_connection_is_retried_with_backoff_and_asks_for_what_it
         samples = await take(aiter(client), 4)
     assert [s.seq for s in samples] == [1, 2, 3, 4]  # no duplicate of seq 1
     assert paths[0].endswith("?history=2")
-    # The gap since the last sample is about 5 s at 1 s per sample: asks for 6 or more.
+    # The last sample arrived 0.5 s (and a bit) before the reconnect, at 0.1 s per
+    # sample: asks for 6 or more, whatever the server's clock says.
     asked = int(paths[1].split("history=")[1])
     assert 6 <= asked <= 60
     assert retries == [0]
     assert any(s.startswith("reconnecting in") for s in states)
     assert states.count("connected") == 2
+
+
+async def test_the_authorization_header_follows_the_credential_and_the_scheme() -> None:
+    seen: list[str] = []
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        assert ws.request is not None
+        seen.append(ws.request.headers.get("Authorization", ""))
+        await ws.send(hello())
+        await ws.wait_closed()
+
+    jwt = jwt_tools.token()
+    async with fake_server(handler) as (url, _):
+        for token, scheme in ((jwt, None), ("abc", None), (jwt, "token"), ("abc", "bearer")):
+            await take(StatusClient(url, token, scheme=scheme).messages(), 1)
+    assert seen == [f"Bearer {jwt}", "token abc", f"token {jwt}", "Bearer abc"]
+
+
+@pytest.mark.parametrize(
+    ("exp_in_s", "reason"),
+    [(-120, "credentials expired (HTTP 403; the JWT's exp passed 1"), (300, "HTTP 403")],
+)
+async def test_a_403_to_an_expired_jwt_says_the_credentials_expired(
+    exp_in_s: int, reason: str
+) -> None:
+    def forbid(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(403, "Forbidden\n")
+
+    retries: list[int] = []
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=forbid) as srv:
+        port = next(iter(srv.sockets)).getsockname()[1]
+        jwt = jwt_tools.token(exp=int(time.time()) + exp_in_s)
+        client = StatusClient(
+            f"ws://127.0.0.1:{port}/sysmon/ws", jwt, backoff=lambda n: retries.append(n) or 0.0
+        )
+        with pytest.raises(RefusedError) as err:
+            await take(client.messages(), 1)
+    assert err.value.reason.startswith(reason)
+    assert client.state.describe().startswith(f"refused: {reason}")
+    assert retries == []
+
+
+async def test_samples_are_told_apart_by_server_id_and_seq_not_time() -> None:
+    """The server's clock steps back 20 s and forward 1 h: every sample is new. On
+    reconnect the history overlaps what was seen: no sample twice. A restarted server
+    (a new server_id) starts its seq over: all its samples are new."""
+    t = time.time()
+    first = (status(1, t), status(2, t - 20), status(3, t - 19), status(4, t + 3600))
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        if n == 1:
+            await ws.send(hello(0.1, server_id="A"))
+            for sample in first:
+                await ws.send(encode(sample))
+            await ws.close(1011, "dropped")
+        elif n == 2:
+            await ws.send(hello(0.1, server_id="A"))
+            await ws.send(encode(History(samples=(*first[1:], status(5, t + 3601)))))
+            await ws.send(encode(status(6, t + 3602)))
+            await ws.close(1011, "dropped")
+        else:
+            await ws.send(hello(0.1, server_id="B"))
+            await ws.send(encode(History(samples=(status(1, t - 50), status(2, t - 49)))))
+            await ws.wait_closed()
+
+    async with fake_server(handler) as (url, _):
+        client = StatusClient(url, "t", backoff=lambda n: 0.01)
+        samples = await take(aiter(client), 8)
+    assert [(s.seq, s.time - t) for s in samples] == [
+        (1, 0.0), (2, -20.0), (3, -19.0), (4, 3600.0), (5, 3601.0), (6, 3602.0),
+        (1, -50.0), (2, -49.0),
+    ]  # fmt: skip
+    assert client.repeats == 3
+    assert client.server_id == "B"
+
+
+async def test_an_older_server_without_server_id_still_works() -> None:
+    """No server_id: a repeat is a sample whose seq and time are both not past the newest
+    seen. A clock step back (seq goes on) and a restart (seq starts over, time goes on)
+    are both new samples."""
+    t = time.time()
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.send(hello(0.1))
+        if n == 1:
+            for sample in (status(1, t), status(2, t - 20)):
+                await ws.send(encode(sample))
+            await ws.close(1011, "dropped")
+        else:  # restarted: seq starts over; a repeat of seq 2 first
+            await ws.send(encode(History(samples=(status(2, t - 20), status(1, t + 5)))))
+            await ws.wait_closed()
+
+    async with fake_server(handler) as (url, _):
+        client = StatusClient(url, "t", backoff=lambda n: 0.01)
+        samples = await take(aiter(client), 3)
+    assert [(s.seq, s.time - t) for s in samples] == [(1, 0.0), (2, -20.0), (1, 5.0)]
+    assert client.repeats == 1 and client.server_id is None
 
 
 async def test_connection_refused_is_retried_with_growing_backoff() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from sysmon_nb.client import ConnectionState
 from sysmon_nb.dashboard import (
     SysmonDashboard,
     byte_unit,
+    clock_step,
     human_bytes,
     nice_ceiling,
     nice_ticks,
@@ -235,14 +237,15 @@ def test_warnings_over_ninety_percent() -> None:
 def test_header_shows_state_interval_and_age() -> None:
     dash = SysmonDashboard()
     dash.update(hello(interval=5.0))
-    dash.update(sample(1, 1000.0))
+    dash.update(sample(1, 1000.0))  # the server's clock is far behind this kernel's
+    arrived = time.time()
     dash.set_state(ConnectionState("connected"))
-    dash.refresh_header(now=1003.0)
+    dash.refresh_header(now=arrived + 3.2)
     assert "connected" in dash.header.value
     assert "every 5 s" in dash.header.value
-    assert "last sample 3 s ago" in dash.header.value
-    dash.set_state(ConnectionState("reconnecting", "dropped", 1010.0))
-    dash.refresh_header(now=1006.0)
+    assert "last sample 3 s ago" in dash.header.value  # since it arrived, not its time
+    dash.set_state(ConnectionState("reconnecting", "dropped", arrived + 10.0))
+    dash.refresh_header(now=arrived + 6.0)
     assert "reconnecting in 4 s" in dash.header.value
     dash.set_state(ConnectionState("refused", "HTTP 403: not an administrator"))
     assert "refused: HTTP 403: not an administrator" in dash.header.value
@@ -300,3 +303,41 @@ def test_round_ticks_under_an_unround_top() -> None:
     dash.extend([sample(0, 999.0, memory=big), sample(1, 1000.0, memory=big)])
     assert dash.charts["memory"].y_scale.max == 23.5  # the total, not a ceiling of 40
     assert list(dash.charts["memory"].y_axis.tick_values) == [0, 5, 10, 15, 20]
+
+
+def test_a_server_clock_step_keeps_every_sample_in_arrival_order() -> None:
+    """Back 20 s, then forward 1 h: nothing dropped or trimmed for its time, the x axis
+    never goes back, and the points before a step move with it."""
+    dash = SysmonDashboard(window=60)
+    dash.update(hello(interval=1.0))
+    times = [1000.0, 1001.0, 1002.0, 983.0, 984.0, 4584.0, 4585.0]
+    for seq, at in enumerate(times, start=1):
+        dash.update(sample(seq, at))
+    assert [s.seq for s in dash.samples] == [1, 2, 3, 4, 5, 6, 7]
+    assert dash.clock_steps == [-20.0, 3599.0]
+    # 1000..1002 moved by -20 then +3599; 983, 984 by +3599: one second apart throughout.
+    assert list(dash.x_times) == [4579.0, 4580.0, 4581.0, 4582.0, 4583.0, 4584.0, 4585.0]
+    assert np.diff(dash.charts["cpu"].lines.x.astype("int64")).min() > 0
+    # A forward gap that seq explains (missed samples) and a small slip are no steps.
+    dash.update(sample(17, 4595.2))
+    dash.update(sample(18, 4597.0))
+    assert dash.clock_steps == [-20.0, 3599.0]
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "same_server", "step"),
+    [
+        ((1, 100.0), (2, 101.0), True, 0.0),
+        ((1, 100.0), (2, 80.0), True, -21.0),
+        ((1, 100.0), (2, 100.0), True, -1.0),  # time stood still: a step back
+        ((1, 100.0), (11, 110.5), True, 0.0),  # ten intervals, as seq says
+        ((1, 100.0), (2, 108.0), True, 0.0),  # a slow tick, under the tolerance
+        ((1, 100.0), (2, 3701.0), True, 3600.0),
+        ((9, 100.0), (1, 50.0), False, -51.0),  # a restarted server behind: one interval on
+        ((9, 100.0), (1, 500.0), False, 0.0),  # a restart later: just a gap
+    ],
+)
+def test_clock_step(
+    previous: tuple[int, float], current: tuple[int, float], same_server: bool, step: float
+) -> None:
+    assert clock_step(sample(*previous), sample(*current), same_server=same_server) == step

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from websockets.asyncio.server import serve
 
-from .servers import TOKEN, execute, isolated_env, outputs_text
+from sysmon_nb.discovery import Target
+from sysmon_nb.magic import Monitor
+
+from . import jwt_tools
+from .conftest import eventually
+from .servers import TOKEN, execute, free_port, isolated_env, outputs_text
 
 WAIT_FOR = """
 import asyncio, json, psutil, sysmon_nb.magic as m
@@ -26,7 +34,9 @@ def sysmon_tasks():
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("sysmon ")]
 
 def sockets_to(port):
-    return [c for c in psutil.Process().net_connections(kind="tcp")
+    proc = psutil.Process()
+    connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+    return [c for c in connections(kind="tcp")
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
 """
 
@@ -119,3 +129,105 @@ def test_the_notebook_format_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent / "notebooks"
     for path in root.glob("*.ipynb"):
         nbformat.validate(nbformat.read(path, as_version=4))
+
+
+# -- why a monitor stopped, in process ----------------------------------------------------
+
+
+async def test_any_exception_ends_in_a_visible_stopped_reason_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not only ClientError: whatever ends the client task (here a broken backoff, raised
+    while retrying a refused connection) is shown and logged once with its traceback."""
+    caplog.set_level(logging.INFO, "sysmon_nb")
+    monitor = Monitor(Target(f"http://127.0.0.1:{free_port()}/", "t", "test"), metrics=["cpu"])
+    monitor.client.backoff = lambda attempt: 1 / 0
+    monitor.start()
+    try:
+        await eventually(lambda: monitor.task is not None and monitor.task.done())
+    finally:
+        monitor.stop()
+    reason = "stopped: ZeroDivisionError: division by zero"
+    assert reason in monitor.dashboard.header.value
+    assert reason in repr(monitor)  # what %sysmon status prints
+    logged = [r for r in caplog.records if r.name == "sysmon_nb.magic"]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR
+    assert logged[0].exc_info is not None and logged[0].exc_info[0] is ZeroDivisionError
+
+
+async def test_a_client_error_is_shown_and_logged_with_its_cause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An endpoint that answers the upgrade with a plain 200 cannot be a sysmon server."""
+
+    def plain_page(connection: Any, request: Any) -> Any:
+        return connection.respond(200, "just a page\n")
+
+    caplog.set_level(logging.INFO, "sysmon_nb")
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=plain_page) as s:
+        port = next(iter(s.sockets)).getsockname()[1]
+        monitor = Monitor(Target(f"http://127.0.0.1:{port}/", "t", "test"), metrics=["cpu"])
+        monitor.start()
+        try:
+            await eventually(lambda: monitor.task is not None and monitor.task.done())
+        finally:
+            monitor.stop()
+    assert "stopped: cannot connect to" in monitor.dashboard.header.value
+    assert "HTTP 200" in repr(monitor)
+    logged = [r for r in caplog.records if r.name == "sysmon_nb.magic"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+# -- JWTs from a real kernel -------------------------------------------------------------
+
+
+@pytest.mark.timeout(150)
+def test_a_jwt_admin_gets_samples_and_an_expired_jwt_is_refused_for_good(
+    jupyter: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "jwt_config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "ServerApp": {
+                    "identity_provider_class": "jupyter_server_ext.auth.JWTIdentityProvider"
+                },
+                "JWTIdentityProvider": jwt_tools.provider_config(),
+            }
+        )
+    )
+    server = jupyter(f"--config={config}", interval=0.3)
+    valid = jwt_tools.token()
+    env = isolated_env(
+        tmp_path,
+        SYSMON_URL=server.url,
+        SYSMON_TOKEN=valid,
+        VALID_JWT=valid,
+        EXPIRED_JWT=jwt_tools.token(exp=int(time.time()) - 120),
+    )
+    nb = notebook(
+        "%load_ext sysmon_nb",
+        WAIT_FOR,
+        "%sysmon --metrics cpu\ngood = m.running[-1]",
+        "await wait_for(lambda: len(good.dashboard.samples) >= 2)\n"
+        "print(good.client.state.describe())",
+        "%sysmon --token-env EXPIRED_JWT --metrics cpu\nexpired = m.running[-1]",
+        "await wait_for(lambda: expired.task.done())\n"
+        "print(expired.client.state.describe()); print(expired.dashboard.header.value)",
+        "%sysmon --token-env VALID_JWT --scheme token --metrics cpu\nforced = m.running[-1]",
+        "await wait_for(lambda: forced.task.done())\nprint(forced.client.state.describe())",
+        "%sysmon status",
+        "%sysmon stop",
+    )
+    execute(nb, tmp_path, env)
+    assert outputs_text(nb.cells[3]).strip() == "connected"  # sent as Bearer: admitted
+    expired = outputs_text(nb.cells[5]).splitlines()
+    assert expired[0].startswith("refused: credentials expired (HTTP 403")
+    assert "refused: credentials expired" in expired[1]  # in the header
+    # --scheme token sends the JWT as a Jupyter token: not the server's, so refused.
+    assert outputs_text(nb.cells[7]).strip().startswith("refused: HTTP 403")
+    status = outputs_text(nb.cells[8]).splitlines()
+    assert "connected" in status[0] and "refused: credentials expired" in status[1]
+    assert "stopped 3 dashboard(s)" in outputs_text(nb.cells[9])
+    # The expired JWT was tried once, never again.
+    assert server.log_path.read_text().count("refused a bearer JWT") == 1
