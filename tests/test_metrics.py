@@ -32,7 +32,7 @@ from sysmon_nb.protocol import Status
 
 from .conftest import eventually
 from .servers import TOKEN, JupyterProcess, free_port
-from .test_gpu import FakeNvml, load
+from .test_gpu import FakeNvml, busy_with_process
 
 #: Every label a sysmon metric may carry: all bounded (never a pid or process name).
 BOUNDED_LABELS = {
@@ -43,7 +43,7 @@ BOUNDED_LABELS = {
 
 def gpu_group() -> dict[str, Any]:
     """The gpu group as the collector reads the H100 recording (tests/fixtures/nvml)."""
-    collector = GpuCollector(nvml=FakeNvml(load("nvml_busy.json")))
+    collector = GpuCollector(nvml=FakeNvml(busy_with_process(4242)))
     group = collector.collect(0.0)
     group["devices"][0]["processes"] = [
         {"pid": 4242, "user": "ada", "used_memory_bytes": 3_000_000_000, "kernel_id": "k1"},
