@@ -32,7 +32,7 @@ from sysmon_nb.protocol import Status
 
 from .conftest import eventually
 from .servers import TOKEN, JupyterProcess, free_port
-from .test_gpu import FakeNvml, busy_with_process
+from .test_gpu import FakeNvml, busy_with_process, load
 
 #: Every label a sysmon metric may carry: all bounded (never a pid or process name).
 BOUNDED_LABELS = {
