@@ -43,8 +43,12 @@ BOUNDED_LABELS = {
 
 def gpu_group() -> dict[str, Any]:
     """The gpu group as the collector reads the H100 recording (tests/fixtures/nvml)."""
-    collector = GpuCollector(nvml=FakeNvml(load("nvml_busy.json")))
-    group = collector.collect(0.0)
+    nvml = FakeNvml(load("nvml_busy.json"))
+    for readings in nvml.devices:  # the recording counts processes; their details follow
+        readings["processes"] = [
+            {"pid": 4242, "usedGpuMemory": 1} for _ in readings["compute_processes"]
+        ]
+    group = GpuCollector(nvml=nvml).collect(0.0)
     group["devices"][0]["processes"] = [
         {"pid": 4242, "user": "ada", "used_memory_bytes": 3_000_000_000, "kernel_id": "k1"},
         {"pid": 4243, "user": "ada", "used_memory_bytes": 1_000_000_000, "kernel_id": "k1"},
