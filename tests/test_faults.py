@@ -168,7 +168,7 @@ async def test_processes_are_walked_only_while_wanted(sysmon: Any, jp_fetch: Any
         assert time.monotonic() < deadline
         await _sleep(0.05)
     assert "processes" not in sysmon.broadcaster.latest.groups  # nobody wants it
-    assert walks._table._tracked == {}
+    assert walks.walk.tracked == 0
     status, _ = await _status(jp_fetch)  # a REST call wants what it serves...
     while "processes" not in sysmon.broadcaster.latest.groups:
         assert time.monotonic() < deadline

@@ -386,7 +386,7 @@ def test_a_stuck_mount_keeps_its_last_numbers_and_the_disk_group_answers() -> No
     by_path = {m["path"]: m for m in sample.groups["disk"]["mounts"]}
     assert by_path["/nfs"] == {
         "path": "/nfs", "fstype": "nfs4", "total_bytes": 1000, "used_bytes": 250,
-        "free_bytes": 700, "percent": 25.0, "stuck": True,
+        "free_bytes": 700, "percent": 25.0, "home": False, "stuck": True,
     }  # fmt: skip
     assert by_path["/"]["stuck"] is False
     assert ps.usage_calls["/nfs"] == 2  # the stuck call is the only one outstanding
