@@ -50,7 +50,7 @@ def test_every_trait_has_help_and_is_configurable() -> None:
     expected = {
         "interval", "history", "metrics", "top_processes", "compression", "admin_users",
         "admin_groups", "admin_role", "allow_owner", "revalidate_interval",
-        "max_connections", "client_buffer",
+        "max_connections", "client_buffer", "top_users", "network_mounts",
     }  # fmt: skip
     assert expected <= set(traits)
     assert all(traits[name].help for name in expected)
