@@ -279,7 +279,7 @@ class MountTable(FakePsutil):
 
     def disk_partitions(self, all: bool = False) -> list[Any]:
         self.partition_reads += 1
-        rows = self.LOCAL + (self.OTHER if all else [])
+        rows = self.LOCAL + (self.OTHER if all else ())
         return [
             _nt("sdiskpart", {"device": d, "mountpoint": m, "fstype": t, "opts": "rw"})
             for d, m, t in rows
