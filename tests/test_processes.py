@@ -1,6 +1,7 @@
 """The process walk shared by ``processes`` and ``users`` (jupyter_server_ext/processes.py):
 the users group from recorded processes, one walk per tick for both groups, pauses,
-a stuck walk under the sampler, and this machine's own users."""
+a stuck walk under the sampler, this machine's own users, and a real server: a
+subscriber gets users from one walk per tick, a Prometheus scrape wants users."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_server_ext.app import SysmonExtension
 from jupyter_server_ext.processes import (
     UNKNOWN_USER,
     WALK_KEY,
@@ -24,6 +26,7 @@ from jupyter_server_ext.processes import (
 )
 from jupyter_server_ext.sampler import Sampler
 
+from .conftest import eventually, recv_type
 from .test_collectors import FakeProcess, FakePsutil
 
 MIB = 2**20
@@ -236,3 +239,57 @@ def test_users_against_this_machine(nobody_process: tuple[str, Any]) -> None:
     assert result["count"] == len(by_name) and result["others"] is None
     rss = [u["rss_bytes"] for u in result["users"]]
     assert rss == sorted(rss, reverse=True)
+
+
+# -- a real server ----------------------------------------------------------------------
+
+
+def collector(sysmon: SysmonExtension, name: str) -> Any:
+    return next(c for c in sysmon.sampler.collectors if c.name == name)
+
+
+def latest_groups(sysmon: SysmonExtension) -> set[str]:
+    latest = sysmon.broadcaster.latest
+    return set() if latest is None else set(latest.groups)
+
+
+@pytest.mark.parametrize("sysmon_config", [{"top_users": 1000}], indirect=True)
+async def test_a_subscriber_gets_users_from_one_walk_per_tick(
+    sysmon: SysmonExtension, connect: Any, nobody_process: tuple[str, Any]
+) -> None:
+    name, _child = nobody_process
+    walk = collector(sysmon, "users").walk
+    assert collector(sysmon, "processes").walk is walk
+    await eventually(lambda: sysmon.broadcaster.published >= 2, 20)
+    assert "users" not in latest_groups(sysmon) and walk.tracked == 0  # nobody wants it
+    async with connect("metrics=processes,users") as ws:
+        await recv_type(ws, "hello")
+        frames = [await recv_type(ws, "status") for _ in range(3)]
+        users = {u["name"]: u for u in frames[-1]["users"]["users"]}
+        assert users[name]["processes"] >= 1
+        assert users[name]["rss_bytes"] >= HELD_BYTES
+        assert users["root"]["cpu_percent"] is not None  # known from the second walk on
+        assert frames[-1]["users"]["count"] == len(users)
+        walks, published = walk.walks, sysmon.broadcaster.published
+        for _ in range(4):
+            await recv_type(ws, "status")
+        # both groups, one walk a tick (a tick may be walked and not yet published)
+        ticks = sysmon.broadcaster.published - published
+        assert ticks >= 4 and abs((walk.walks - walks) - ticks) <= 1, (walk.walks, ticks)
+    await eventually(lambda: "users" not in latest_groups(sysmon), 20)
+    assert walk.tracked == 0  # the readings went with the last reader
+
+
+@pytest.mark.parametrize("sysmon_config", [{"top_users": 1000}], indirect=True)
+async def test_a_scrape_wants_users_but_not_the_process_lists(
+    sysmon: SysmonExtension, jp_fetch: Any, nobody_process: tuple[str, Any]
+) -> None:
+    name, _child = nobody_process
+    await eventually(lambda: sysmon.broadcaster.published >= 2, 20)
+    assert "users" not in latest_groups(sysmon)
+    await jp_fetch("metrics")  # a scrape reads the last sample, and wants what it exports
+    await eventually(lambda: "users" in latest_groups(sysmon), 20)
+    assert "processes" not in latest_groups(sysmon)
+    body = (await jp_fetch("metrics")).body.decode()
+    assert f'sysmon_user_memory_rss_bytes{{user="{name}"}}' in body
+    assert "sysmon_users " in body
