@@ -228,7 +228,7 @@ class DiskCollector:
         self._ps = ps
         self._rates = Rates()
         self._home_paths = sorted({os.path.realpath(p) for p in home_paths if p})
-        self._network_mounts = network_mounts
+        self.network_mounts = network_mounts
         self._mount_table: list[_Mount] = []
         self._mounts_read_at: float | None = None
         if diskstats is None and _uses_procfs(ps):
@@ -272,7 +272,7 @@ class DiskCollector:
         if self._mounts_read_at is None or now - self._mounts_read_at >= self.MOUNTS_REFRESH:
             listed = list(self._ps.disk_partitions(all=False))
             every = list(self._ps.disk_partitions(all=True))
-            if self._network_mounts:
+            if self.network_mounts:
                 listed += [p for p in every if is_network(p.fstype)]
             by_device: dict[str, Any] = {}
             for part in listed:

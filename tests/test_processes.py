@@ -5,13 +5,8 @@ subscriber gets users from one walk per tick, a Prometheus scrape wants users.""
 
 from __future__ import annotations
 
-import os
-import pwd
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +22,7 @@ from jupyter_server_ext.processes import (
 from jupyter_server_ext.sampler import Sampler
 
 from .conftest import eventually, recv_type
+from .other_user import HELD_BYTES
 from .test_collectors import FakeProcess, FakePsutil
 
 MIB = 2**20
@@ -187,44 +183,6 @@ def test_a_stuck_walk_leaves_both_groups_stale_and_holds_one_thread() -> None:
 
 
 # -- this machine ---------------------------------------------------------------------
-
-#: Bytes the other user's process holds (written, so resident).
-HELD_BYTES = 64 * MIB
-
-
-@pytest.fixture
-def nobody_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A process of user ``nobody`` holding HELD_BYTES: started as root (the interpreter
-    may live where ``nobody`` cannot read), it fills its memory, then drops to
-    ``nobody`` with ``os.setuid``. It exits when its stdin closes."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a process as another user")
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("this machine has no user 'nobody'")
-    code = (
-        "import os, sys\n"
-        f"held = b'x' * {HELD_BYTES}\n"
-        f"os.setuid({nobody.pw_uid})\n"
-        "print('ready', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-    try:
-        yield nobody.pw_name, child
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.stdout.close()
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(10)
 
 
 def test_users_against_this_machine(nobody_process: tuple[str, Any]) -> None:
