@@ -316,3 +316,11 @@ def test_every_widget_sends_at_most_one_message_and_unchanged_tables_none() -> N
     assert sent(alerts)[-1]["state"]["value"] == alerts.value
     others = [w for w in tables if w is not alerts]
     assert [len(sent(w)) for w in others] == [table_msgs[w] for w in others]
+
+
+def test_a_stuck_mount_event_reads_as_the_servers_message() -> None:
+    event = {"time": 0.0, "kind": "collector_stuck", "group": "disk", "path": "/home",
+             "message": "filesystem call on /home did not answer within 2 s"}  # fmt: skip
+    text = event_text(event)
+    assert text.startswith("filesystem call on /home did not answer within 2 s, ")
+    assert "kernel" not in text  # a mount's path is not a notebook's
