@@ -374,7 +374,7 @@ class SysmonExtension(ExtensionApp):
 
     def want(self, groups: Iterable[str]) -> None:
         """Mark ``groups`` as wanted for the next few intervals (``WANT_INTERVALS``):
-        on-demand groups (``processes``) are sampled only while someone wants them. The
+        on-demand groups (``processes``, ``users``) are sampled only while someone wants them. The
         REST handler calls this with the groups it serves; a scrape would too."""
         until = time.monotonic() + WANT_INTERVALS * self.interval
         for group in groups:
