@@ -4,8 +4,8 @@ A real jupyter server with the extension and no client at all (interval 0.25 s):
 per tick (every thread, read from ``/proc/<pid>/task/*/schedstat`` in nanoseconds: the
 clock-tick counters are too coarse for ~1 ms) with ``extra`` sleeping processes on the
 host, against the same server with none (read before and after, averaged). The process
-walk runs only while someone wants ``processes`` (see ``SysmonExtension.want``), so the
-extra processes should cost nothing.
+walk runs only while someone wants ``processes`` or ``users`` (see
+``SysmonExtension.want``), so the extra processes should cost nothing.
 
 Goal: <= 1.2x. ``extra`` is 2,000 (``--quick``: 200).
 """

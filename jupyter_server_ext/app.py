@@ -35,7 +35,6 @@ from .collectors import (
     KernelRef,
     MemoryCollector,
     NetworkCollector,
-    ProcessesCollector,
 )
 from .errors import ConfigError
 from .fanout import missing_internals
@@ -43,7 +42,8 @@ from .gpu import GpuCollector
 from .handlers import StatusAPIHandler, StatusWebSocketHandler
 from .kernels import KernelDeaths, unix_time
 from .metrics import EXPORTER
-from .sampler import Collector, Sampler, default_timeout
+from .processes import ProcessesCollector, ProcessWalk, UsersCollector
+from .sampler import Collector, Sampler, StuckCall, default_timeout
 
 #: How long the sampler waits for the server's managers to answer (s).
 MANAGER_TIMEOUT = 2.0
@@ -84,6 +84,23 @@ class SysmonExtension(ExtensionApp):
         5,
         help="How many processes the 'processes' group lists by CPU and by memory. "
         "0 reads only the process count (no per-process walk).",
+    ).tag(config=True)
+
+    top_users = Int(
+        10,
+        help="How many unix users the 'users' group lists, heaviest first (by resident "
+        "memory, then CPU); the rest are summed in its 'others' entry. The group comes "
+        "from the same process walk as 'processes', made only while someone wants one "
+        "of the two.",
+    ).tag(config=True)
+
+    network_mounts = Bool(
+        False,
+        help="List network filesystems (NFS, CephFS, CIFS, network FUSE mounts) in the "
+        "'disk' group's mounts. The filesystem holding the server's root_dir or $HOME is "
+        "listed (with home: true) whatever this says. Every call on a mount runs under "
+        "collector_timeout: a dead server marks its mount 'stuck', it never stops the "
+        "stream.",
     ).tag(config=True)
 
     compression = Bool(
@@ -191,7 +208,7 @@ class SysmonExtension(ExtensionApp):
             raise ConfigError(f"SysmonExtension.interval must be > 0 seconds, got {value}")
         return value
 
-    @validate("history", "top_processes", "revalidate_interval")
+    @validate("history", "top_processes", "top_users", "revalidate_interval")
     def _validate_non_negative(self, proposal: Any) -> Any:
         if proposal["value"] < 0:
             name = proposal["trait"].name
@@ -268,6 +285,7 @@ class SysmonExtension(ExtensionApp):
             self.host,
             timeout=self.collector_timeout,
             wanted=self._wanted_groups,
+            on_stuck=self._on_stuck,
             log=self.log,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -325,17 +343,30 @@ class SysmonExtension(ExtensionApp):
         """One collector per enabled metric group, in protocol order. ``alerts`` has
         none: it is computed from each whole sample (:meth:`_on_sample`)."""
         jupyter = JupyterCollector(self._jupyter_counts)
+        walk = ProcessWalk()  # one walk per tick for processes and users
         factories: dict[str, Any] = {
             "cpu": CpuCollector,
             "memory": MemoryCollector,
-            "disk": DiskCollector,
+            "disk": lambda: DiskCollector(
+                home_paths=self.home_paths(), network_mounts=self.network_mounts
+            ),
             "network": NetworkCollector,
-            "processes": lambda: ProcessesCollector(top_n=self.top_processes),
+            "processes": lambda: ProcessesCollector(top_n=self.top_processes, walk=walk),
+            "users": lambda: UsersCollector(top_n=self.top_users, walk=walk),
             "container": ContainerCollector,
             "gpu": lambda: GpuCollector(kernel_pids=lambda: jupyter.kernel_pids),
             "jupyter": lambda: jupyter,
         }
         return [factories[group]() for group in self.metrics if group != "alerts"]
+
+    def home_paths(self) -> list[str]:
+        """The paths whose filesystems are home volumes: the server's root_dir and the
+        home directory of the user it runs as (``$HOME``)."""
+        paths = [os.path.expanduser("~")]
+        root_dir = getattr(self.serverapp, "root_dir", None)
+        if root_dir:
+            paths.append(os.path.abspath(os.path.expanduser(root_dir)))
+        return paths
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Start sampling once the server's event loop runs."""
@@ -390,7 +421,7 @@ class SysmonExtension(ExtensionApp):
 
     def want(self, groups: Iterable[str]) -> None:
         """Mark ``groups`` as wanted for the next few intervals (``WANT_INTERVALS``):
-        on-demand groups (``processes``) are sampled only while someone wants them. The
+        on-demand groups (``processes``, ``users``) are sampled only while someone wants them. The
         REST handler calls this with the groups it serves; a scrape would too."""
         until = time.monotonic() + WANT_INTERVALS * self.interval
         for group in groups:
@@ -433,6 +464,21 @@ class SysmonExtension(ExtensionApp):
         return obj, warning
 
     # -- bridges between the sampler's thread and the server's loop -------------------
+
+    def _on_stuck(self, call: StuckCall) -> None:
+        """On the sampler's thread: a collector or mount stopped answering; the next
+        sample's ``alerts.events`` says so (``collector_stuck``)."""
+        if "alerts" not in self.metrics:
+            return
+        event: dict[str, Any] = {
+            "time": call.time,
+            "kind": "collector_stuck",
+            "message": call.message,
+            "group": call.group,
+        }
+        if call.mount is not None:
+            event["path"] = call.mount
+        self.alerts.add_event(event)
 
     def _on_sample(self, status: Status) -> None:
         self._sampled_at = time.monotonic()

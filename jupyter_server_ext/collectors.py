@@ -1,5 +1,5 @@
-"""Collectors that read the machine through psutil: cpu, memory, disk, network,
-processes, and the Jupyter server's own kernels.
+"""Collectors that read the machine through psutil: cpu, memory, disk, network, and the
+Jupyter server's own kernels (``processes`` and ``users`` live in :mod:`.processes`).
 
 Each takes its source as an argument (``ps``, default the :mod:`psutil` module), so a
 test can plug in recorded readings instead of patching psutil. With the real psutil on
@@ -10,9 +10,8 @@ file that holds them (:mod:`.procfs`). All run on the sampler's worker thread.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +20,8 @@ import psutil
 from . import kernels, procfs
 from .errors import CollectorError
 from .pressure import HOST_PRESSURE, HostPressure
+from .processes import ProcessTable
+from .processes import uses_procfs as _uses_procfs
 from .sampler import INLINE, Rates, Stuck, sum_known
 
 
@@ -160,11 +161,52 @@ class MemoryCollector:
         }
 
 
+#: Filesystem types served over the network (``fuse.<name>`` for FUSE ones): left out
+#: of ``disk.mounts`` unless ``network_mounts`` is on, except a home volume.
+NETWORK_FSTYPES = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+     "afs", "9p", "orangefs", "fuse.sshfs", "fuse.s3fs", "fuse.rclone", "fuse.gcsfuse",
+     "fuse.ceph-fuse", "fuse.glusterfs", "fuse.juicefs", "fuse.goofys", "fuse.blobfuse",
+     "fuse.blobfuse2", "fuse.mountpoint-s3", "fuse.geesefs", "fuse.cvmfs"}
+)  # fmt: skip
+
+
+def is_network(fstype: str) -> bool:
+    return fstype in NETWORK_FSTYPES
+
+
+def holding_mount(path: str, parts: Sequence[Any]) -> Any | None:
+    """The mount (a ``disk_partitions`` entry) whose filesystem holds the absolute,
+    resolved ``path``: the longest mount point above it; of mounts stacked on one point,
+    the last (the visible one). Reads no file: a dead mount cannot hang it."""
+    best = None
+    for part in parts:
+        point = part.mountpoint
+        above = path == point or path.startswith(point.rstrip("/") + "/")
+        if above and (best is None or len(point) >= len(best.mountpoint)):
+            best = part
+    return best
+
+
+@dataclass(frozen=True)
+class _Mount:
+    path: str
+    fstype: str
+    home: bool
+
+
 class DiskCollector:
     """``disk``: read/write throughput and operations per second over all disks, and
-    the usage of each mounted filesystem (one entry per device, its shortest mount
-    point, plus ``/``). The mount table is re-read every ``MOUNTS_REFRESH`` seconds;
-    usage is read every tick.
+    the usage of each mounted filesystem. The mount table is re-read every
+    ``MOUNTS_REFRESH`` seconds; usage is read every tick.
+
+    Which filesystems are listed: each local disk's shortest mount point (psutil's
+    ``disk_partitions(all=False)``), plus ``/``; network filesystems (NFS, CephFS,
+    CIFS, FUSE network mounts: :data:`NETWORK_FSTYPES`) when ``network_mounts`` is on;
+    and always, whatever its type (NFS, fuse, overlay, tmpfs...), the filesystem that
+    holds each of ``home_paths`` (the server's root_dir and ``$HOME``), marked
+    ``home: true``. ``home_paths`` are resolved (symlinks followed) once, here, while
+    the server starts; later the match is made on the mount table alone.
 
     Each mount's usage call goes through ``guard`` (the sampler's
     :class:`~.sampler.CallGuard`) under the key ``disk:<path>``: a call on a stale NFS
@@ -176,11 +218,18 @@ class DiskCollector:
     MOUNTS_REFRESH = 30.0
 
     def __init__(
-        self, ps: ModuleType | Any = psutil, diskstats: procfs.DiskStats | None = None
+        self,
+        ps: ModuleType | Any = psutil,
+        diskstats: procfs.DiskStats | None = None,
+        *,
+        home_paths: Iterable[str] = (),
+        network_mounts: bool = False,
     ) -> None:
         self._ps = ps
         self._rates = Rates()
-        self._mount_table: list[tuple[str, str]] = []
+        self._home_paths = sorted({os.path.realpath(p) for p in home_paths if p})
+        self.network_mounts = network_mounts
+        self._mount_table: list[_Mount] = []
         self._mounts_read_at: float | None = None
         if diskstats is None and _uses_procfs(ps):
             diskstats = procfs.DiskStats()
@@ -218,21 +267,31 @@ class DiskCollector:
             "mounts": mounts,
         }
 
-    def _mounted(self, now: float) -> list[tuple[str, str]]:
-        """(path, fstype) of each device's shortest mount point, and ``/``."""
+    def _mounted(self, now: float) -> list[_Mount]:
+        """The filesystems listed (see the class), sorted by path."""
         if self._mounts_read_at is None or now - self._mounts_read_at >= self.MOUNTS_REFRESH:
+            listed = list(self._ps.disk_partitions(all=False))
+            every = list(self._ps.disk_partitions(all=True))
+            if self.network_mounts:
+                listed += [p for p in every if is_network(p.fstype)]
             by_device: dict[str, Any] = {}
-            for part in self._ps.disk_partitions(all=False):
+            for part in listed:
                 known = by_device.get(part.device)
                 if known is None or len(part.mountpoint) < len(known.mountpoint):
                     by_device[part.device] = part
-            chosen = [(p.mountpoint, p.fstype) for p in by_device.values()]
-            if "/" not in {path for path, _ in chosen}:
-                chosen.append(("/", ""))
-            self._mount_table = sorted(chosen)
+            chosen = {p.mountpoint: p.fstype for p in by_device.values()}
+            homes = {}
+            for path in self._home_paths:
+                part = holding_mount(path, every)
+                if part is not None:
+                    homes[part.mountpoint] = part.fstype
+            chosen.update(homes)
+            chosen.setdefault("/", "")
+            self._mount_table = [
+                _Mount(path, fstype, path in homes) for path, fstype in sorted(chosen.items())
+            ]
             self._mounts_read_at = now
-            paths = {path for path, _ in self._mount_table}
-            self._known = {p: m for p, m in self._known.items() if p in paths}
+            self._known = {p: m for p, m in self._known.items() if p in chosen}
             if self._diskstats is not None:
                 self._diskstats.refresh()
         return self._mount_table
@@ -240,7 +299,8 @@ class DiskCollector:
     def _mounts(self, now: float) -> list[dict[str, Any]]:
         mounts = []
         usage_of = self._ps.disk_usage
-        for path, fstype in self._mounted(now):
+        for mount in self._mounted(now):
+            path = mount.path
             try:
                 usage = self.guard.call(
                     f"disk:{path}", f"filesystem call on {path}", usage_of, path
@@ -248,22 +308,23 @@ class DiskCollector:
             except Stuck:
                 known = self._known.get(path)
                 if known is None:
-                    known = {"path": path, "fstype": fstype, "total_bytes": None,
+                    known = {"path": path, "fstype": mount.fstype, "total_bytes": None,
                              "used_bytes": None, "free_bytes": None, "percent": None}  # fmt: skip
-                mounts.append({**known, "stuck": True})
+                mounts.append({**known, "home": mount.home, "stuck": True})
                 continue
             except OSError:
                 continue  # unreadable or vanished mount: leave it out, keep the rest
-            mount = self._known[path] = {
+            entry = self._known[path] = {
                 "path": path,
-                "fstype": fstype,
+                "fstype": mount.fstype,
                 "total_bytes": usage.total,
                 "used_bytes": usage.used,
                 "free_bytes": usage.free,
                 "percent": round(usage.percent, 1),
+                "home": mount.home,
                 "stuck": False,
             }
-            mounts.append(mount)
+            mounts.append(entry)
         return mounts
 
 
@@ -313,166 +374,8 @@ class NetworkCollector:
         return out
 
 
-def _uses_procfs(ps: Any) -> bool:
-    """Read ``/proc`` directly: only for the real psutil, on Linux."""
-    return ps is psutil and procfs.AVAILABLE
-
-
 def _rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
-
-
-@dataclass
-class ProcessInfo:
-    pid: int
-    name: str
-    user: str | None
-    cpu_percent: float | None
-    rss_bytes: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "name": self.name,
-            "user": self.user,
-            "cpu_percent": self.cpu_percent,
-            "rss_bytes": self.rss_bytes,
-        }
-
-
-@dataclass
-class _Tracked:
-    process: Any
-    name: str
-    user: str | None
-    primed: bool = False
-    start_ticks: int = -1  # procfs: tells a reused pid from the process we know
-    cpu_seconds: float = 0.0  # procfs: CPU time and when it was read, for the percent
-    read_at: float = 0.0
-
-
-@dataclass
-class ProcessTable:
-    """Keeps ``psutil.Process`` objects across ticks so that per-process CPU percent is
-    measured over the interval, and name and user are read once per process.
-
-    ``cpu_percent`` is percent of one core (it can pass 100 for a multi-threaded
-    process) and is ``None`` on a process's first reading.
-    """
-
-    ps: ModuleType | Any = psutil
-    _tracked: dict[int, _Tracked] = field(default_factory=dict)
-    _procfs: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._procfs = _uses_procfs(self.ps)
-
-    def read(self, pids: Iterable[int]) -> list[ProcessInfo]:
-        """Read each pid; gone or inaccessible processes are skipped. Processes not in
-        ``pids`` are forgotten."""
-        wanted = set(pids)
-        for pid in list(self._tracked):
-            if pid not in wanted:
-                del self._tracked[pid]
-        read_one = self._read_procfs if self._procfs else self._read_one
-        infos = []
-        for pid in wanted:
-            info = read_one(pid)
-            if info is not None:
-                infos.append(info)
-        return infos
-
-    def _read_one(self, pid: int) -> ProcessInfo | None:
-        ps = self.ps
-        tracked = self._tracked.get(pid)
-        try:
-            if tracked is None:
-                tracked = self._tracked[pid] = self._identify(pid)
-            proc = tracked.process
-            with proc.oneshot():
-                cpu = proc.cpu_percent(None)
-                rss = proc.memory_info().rss
-        except (ps.NoSuchProcess, ps.ZombieProcess):
-            self._tracked.pop(pid, None)
-            return None
-        except ps.AccessDenied:
-            return None
-        cpu_percent = round(cpu, 1) if tracked.primed else None
-        tracked.primed = True
-        return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, rss)
-
-    def _identify(self, pid: int) -> _Tracked:
-        """Name and user, read once per process through psutil."""
-        ps = self.ps
-        proc = ps.Process(pid)
-        with proc.oneshot():
-            name = proc.name()
-            try:
-                user = proc.username()
-            except (ps.AccessDenied, KeyError):
-                user = None
-        return _Tracked(proc, name, user)
-
-    def _read_procfs(self, pid: int) -> ProcessInfo | None:
-        """One read of ``/proc/<pid>/stat`` per tick; psutil only for a new process."""
-        ps = self.ps
-        try:
-            stat = procfs.process_stat(pid)
-            now = time.monotonic()
-            tracked = self._tracked.get(pid)
-            if tracked is None or tracked.start_ticks != stat.start_ticks:
-                tracked = self._tracked[pid] = self._identify(pid)
-                tracked.start_ticks = stat.start_ticks
-        except (procfs.ProcessGone, ps.NoSuchProcess, ps.ZombieProcess):
-            self._tracked.pop(pid, None)
-            return None
-        except (ps.AccessDenied, PermissionError):
-            return None
-        cpu_percent = None
-        elapsed = now - tracked.read_at
-        if tracked.primed and elapsed > 0:
-            busy = max(0.0, stat.cpu_seconds - tracked.cpu_seconds)
-            cpu_percent = round(100.0 * busy / elapsed, 1)
-        tracked.primed = True
-        tracked.cpu_seconds, tracked.read_at = stat.cpu_seconds, now
-        return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, stat.rss_bytes)
-
-
-def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: int) -> list:
-    return [p.to_json() for p in sorted(infos, key=key, reverse=True)[:n]]
-
-
-class ProcessesCollector:
-    """``processes``: how many processes exist, and the ``top_n`` by CPU and by RSS.
-
-    With ``top_n`` 0 only the count is read (no per-process walk). Its cost grows with
-    the host's process count, so it runs on demand (``on_demand``): only while someone
-    wants the group (a subscriber, a REST call, a scrape). Otherwise the sampler leaves
-    the group out of the sample and calls :meth:`pause`, which forgets the per-process
-    readings: the first sample after a pause lists ``top_cpu`` empty, as on start.
-    """
-
-    name = "processes"
-    on_demand = True
-
-    def __init__(self, top_n: int = 5, ps: ModuleType | Any = psutil) -> None:
-        self._ps = ps
-        self._top_n = top_n
-        self._table = ProcessTable(ps)
-
-    def pause(self) -> None:
-        """Forget what was read: CPU shares over a pause would mislead."""
-        self._table = ProcessTable(self._ps)
-
-    def collect(self, now: float) -> dict[str, Any]:
-        pids = self._ps.pids()
-        out: dict[str, Any] = {"count": len(pids), "top_cpu": [], "top_memory": []}
-        if self._top_n > 0:
-            infos = self._table.read(pids)
-            known_cpu = [p for p in infos if p.cpu_percent is not None]
-            out["top_cpu"] = top(known_cpu, lambda p: p.cpu_percent or 0.0, self._top_n)
-            out["top_memory"] = top(infos, lambda p: p.rss_bytes, self._top_n)
-        return out
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ the node_exporter way, with the unit in the name and the ``sysmon_`` prefix::
     network.recv_bytes_per_s     sysmon_network_receive_bytes_per_second
     gpu.devices[].utilization    sysmon_gpu_utilization_ratio{gpu,uuid}
     jupyter.kernel_usage[].rss   sysmon_kernel_memory_rss_bytes{kernel_id,kernel_name}
+    users.users[].rss_bytes      sysmon_user_memory_rss_bytes{user} (and user="(others)")
 
 Percentages become ratios (0-1; a process's CPU is a share of one core, so it can pass
 1). A field that is ``null`` (a rate not known yet, a limit that does not exist) is
@@ -171,6 +172,9 @@ _SCALARS: dict[str, tuple[_Field, ...]] = {
         _f("io_pressure", "sysmon_container_io_pressure_ratio", PCT,
            "Share of time some task of the cgroup waited for I/O (PSI some avg10)."),
     ),
+    "users": (
+        _f("count", "sysmon_users", 1.0, "Unix users with at least one process."),
+    ),
     "jupyter": (
         _f("kernels", "sysmon_jupyter_kernels", 1.0, "Kernels the server runs."),
         _f("terminals", "sysmon_jupyter_terminals", 1.0, "Terminals the server runs."),
@@ -224,7 +228,8 @@ KERNEL_STATE = _spec("sysmon_kernel_execution_state",
                      "1 for a kernel's current execution state (idle, busy, starting...).",
                      *_KERNEL, "state")
 
-#: users[] fields, labelled by user.
+#: users.users[] fields, labelled by user; the users past ``top_users`` are summed under
+#: the label :data:`OTHERS_USER` (so that a sum over users is the machine's total).
 _USER_FIELDS = (
     _f("processes", "sysmon_user_processes", 1.0, "Processes a unix user runs.", "user"),
     _f("cpu_percent", "sysmon_user_cpu_usage_ratio", PCT,
@@ -380,12 +385,16 @@ def _gpus(out: _Series, devices: object, kernel_names: Mapping[str, str]) -> Non
             out.add(KERNEL_GPU, (kernel_id, kernel_names.get(kernel_id, ""), *labels), used)
 
 
-def _users(out: _Series, users: object) -> None:
-    # DESIGN: ``users`` is a list of objects; a group object wrapping one is read too.
-    if isinstance(users, Mapping):
-        users = users.get("users")
-    for user in _items(users):
-        name = user.get("name")
+#: The ``user`` label of the sums of the users left out of the ``users`` list.
+OTHERS_USER = "(others)"
+
+
+def _users(out: _Series, users: Mapping[str, Any]) -> None:
+    rows = [(u.get("name"), u) for u in _items(users.get("users"))]
+    others = users.get("others")
+    if isinstance(others, Mapping):
+        rows.append((OTHERS_USER, others))
+    for name, user in rows:
         if not isinstance(name, str):
             continue
         for f in _USER_FIELDS:

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sysmon_nb.protocol import Status
@@ -112,6 +113,17 @@ class Stuck(CollectorError):
         super().__init__(f"{what} has not returned for {running_s:.0f} s")
         self.what = what
         self.running_s = running_s
+
+
+@dataclass(frozen=True)
+class StuckCall:
+    """A call that missed its tick's deadline, as told to ``Sampler(on_stuck=...)``."""
+
+    key: str  #: the guard key: a group's name, or ``<group>:<detail>``
+    group: str  #: the metric group the call was made for
+    mount: str | None  #: the mount point, for a filesystem call of the ``disk`` group
+    message: str  #: what happened, in words (as logged)
+    time: float  #: unix s when it was given up on
 
 
 class _Abandoned(BaseException):
@@ -376,8 +388,11 @@ class Sampler:
     the caller moves it to its own event loop. ``wanted``, if given, is asked once per
     tick which groups someone wants: collectors with ``on_demand = True`` run only
     while their group is among them (their group is absent from the sample otherwise).
-    ``timeout`` (default :func:`default_timeout`) is capped at the interval. ``start``
-    and ``stop`` are idempotent.
+    ``on_stuck``, if given, is told of a call that missed the deadline (a
+    :class:`StuckCall`) on the scheduler thread, each time its log line is written:
+    once when the call is given up on, again at most every ``LOG_REPEAT_INTERVAL`` for
+    a call that is late tick after tick. ``timeout`` (default :func:`default_timeout`)
+    is capped at the interval. ``start`` and ``stop`` are idempotent.
     """
 
     def __init__(
@@ -389,6 +404,7 @@ class Sampler:
         *,
         timeout: float | None = None,
         wanted: Callable[[], Collection[str] | None] | None = None,
+        on_stuck: Callable[[StuckCall], None] | None = None,
         log: logging.Logger = default_log,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -409,6 +425,7 @@ class Sampler:
                 collector.guard = self.guard
         self._on_sample = on_sample
         self._wanted = wanted
+        self._on_stuck = on_stuck
         self._clock = clock
         self._wall_clock = wall_clock
         self._started_at = clock()
@@ -539,6 +556,19 @@ class Sampler:
         )
         call.logged = True
         self._late_logged[call.key] = (now, 0)
+        if self._on_stuck is not None:
+            group, _, detail = call.key.partition(":")
+            report = StuckCall(
+                key=call.key,
+                group=group,
+                mount=detail if group == "disk" and detail else None,
+                message=f"{call.what} did not answer within {self.timeout:g} s",
+                time=self._wall_clock(),
+            )
+            try:
+                self._on_stuck(report)
+            except Exception:
+                self.log.exception("sysmon: reporting a stuck call failed")
 
     def _runner_for(self, tick: _Tick) -> _Runner:
         runner = self._runner

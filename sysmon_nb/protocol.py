@@ -30,6 +30,7 @@ GROUPS: tuple[str, ...] = (
     "disk",
     "network",
     "processes",
+    "users",
     "container",
     "gpu",
     "jupyter",

@@ -245,23 +245,32 @@ def kernels_html(sample: Status) -> str:
 
 
 def users_html(sample: Status) -> str:
-    """Every unix user with a process: processes, CPU, memory and its share; heaviest first."""
-    rows = sorted(
-        _rows(sample.groups.get("users"), "users", "top", "top_users"), key=_heaviest, reverse=True
-    )
-    if not rows:
+    """Every unix user with a process: processes, CPU, memory and its share; heaviest
+    (by memory) first. The server lists the ``top_users`` heaviest; the rest come as
+    one ``others`` row, last."""
+    group = sample.groups.get("users")
+    rows = sorted(_rows(group, "users"), key=_heaviest, reverse=True)
+    others = group.get("others") if isinstance(group, Mapping) else None
+    if not isinstance(others, Mapping):
+        others = None
+    if not rows and others is None:
         return ""
     of, scope = memory_limit(sample)
-    cells = [
-        [
-            _e(row.get("name", "?")),
+
+    def cells(name: str, row: Mapping[str, Any]) -> list[str]:
+        return [
+            name,
             _e(row.get("processes", "-")),
             fmt_percent(row.get("cpu_percent")),
             fmt_bytes(row.get("rss_bytes")),
             _share(row.get("rss_bytes"), of),
         ]
-        for row in rows[:MAX_ROWS]
-    ]
+
+    table = [cells(_e(row.get("name", "?")), row) for row in rows[:MAX_ROWS]]
+    if others is not None:
+        count = others.get("users")
+        label = f"{_e(count)} other users" if _number(count) is not None else "other users"
+        table.append(cells(f"<i>{label}</i>", others))
     head = [
         ("user", False),
         ("processes", True),
@@ -269,7 +278,9 @@ def users_html(sample: Status) -> str:
         ("memory", True),
         (f"of {scope}", True),
     ]
-    return _table(f"<b>Users</b>{_more(len(rows))}", head, cells)
+    total = _number(group.get("count")) if isinstance(group, Mapping) else None
+    title = f"<b>Users</b> ({total:.0f})" if total is not None else "<b>Users</b>"
+    return _table(f"{title}{_more(len(rows))}", head, table)
 
 
 def _pressure(value: Any, scope: str) -> str:

@@ -12,6 +12,7 @@ import websockets
 
 from jupyter_server_ext.app import SysmonExtension
 
+from .other_user import nobody_process  # noqa: F401  (the fixture: another user's process)
 from .servers import jupyter  # noqa: F401  (the fixture: real Jupyter processes)
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]

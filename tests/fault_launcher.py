@@ -3,6 +3,8 @@
 ``SYSMON_FAULTS`` holds comma-separated faults:
 
 - ``statvfs:<path>``: ``os.statvfs(<path>)`` blocks forever, as on a stale NFS mount;
+- ``statvfs-after:<path>:<trigger>``: the same, once the file ``<trigger>`` exists (a
+  mount that answered, then its server died);
 - ``hang:<group>``: that group's collector never returns from ``collect``;
 - ``slow:<group>:<seconds>``: that group's collector takes ``<seconds>`` each call.
 
@@ -22,11 +24,11 @@ from jupyter_server_ext import app as sysmon_app
 NEVER = threading.Event()
 
 
-def patch_statvfs(path: str) -> None:
+def patch_statvfs(path: str, trigger: str | None = None) -> None:
     real = os.statvfs
 
     def statvfs(target: Any) -> os.statvfs_result:
-        if os.fspath(target) == path:
+        if os.fspath(target) == path and (trigger is None or os.path.exists(trigger)):
             NEVER.wait()
         return real(target)
 
@@ -60,6 +62,9 @@ def main() -> None:
         kind, _, rest = fault.partition(":")
         if kind == "statvfs":
             patch_statvfs(rest)
+        elif kind == "statvfs-after":
+            path, _, trigger = rest.partition(":")
+            patch_statvfs(path, trigger)
         elif kind == "hang":
             patch_collector(rest, None)
         elif kind == "slow":

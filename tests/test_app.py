@@ -24,6 +24,7 @@ from .servers import TOKEN
         ("interval", -1.5, "interval must be > 0"),
         ("history", -1, "history must be >= 0"),
         ("top_processes", -3, "top_processes must be >= 0"),
+        ("top_users", -1, "top_users must be >= 0"),
         ("max_connections", 0, "max_connections must be >= 1"),
         ("client_buffer", 0, "client_buffer must be >= 1"),
         ("metrics", ["cpu", "bogus"], "unknown metric group(s) 'bogus'"),
@@ -50,10 +51,28 @@ def test_every_trait_has_help_and_is_configurable() -> None:
     expected = {
         "interval", "history", "metrics", "top_processes", "compression", "admin_users",
         "admin_groups", "admin_role", "allow_owner", "revalidate_interval",
-        "max_connections", "client_buffer",
+        "max_connections", "client_buffer", "top_users", "network_mounts",
     }  # fmt: skip
     assert expected <= set(traits)
     assert all(traits[name].help for name in expected)
+
+
+def test_processes_and_users_share_one_walk_and_take_their_traits(
+    nobody_process: tuple[str, Any],
+) -> None:
+    collectors = {c.name: c for c in SysmonExtension(top_users=1).make_collectors()}
+    processes, users = collectors["processes"], collectors["users"]
+    assert processes.walk is users.walk
+    users.collect(1.0)
+    result = users.collect(2.0)  # root and nobody at least: one listed, the rest summed
+    assert len(result["users"]) == 1 and result["others"]["users"] == result["count"] - 1
+
+
+def test_network_mounts_reach_the_disk_collector() -> None:
+    for on in (False, True):
+        (disk,) = (c for c in SysmonExtension(network_mounts=on).make_collectors()
+                   if c.name == "disk")  # fmt: skip
+        assert disk.network_mounts is on
 
 
 # -- a real server process, configured only by what `pip install` put in place ---------

@@ -23,10 +23,10 @@ from jupyter_server_ext.collectors import (
     KernelRef,
     MemoryCollector,
     NetworkCollector,
-    ProcessesCollector,
-    ProcessTable,
+    holding_mount,
 )
 from jupyter_server_ext.errors import CollectorError
+from jupyter_server_ext.processes import ProcessesCollector, ProcessTable
 
 RECORDED = json.loads((Path(__file__).parent / "fixtures" / "psutil_linux.json").read_text())
 
@@ -247,11 +247,108 @@ def test_mount_table_is_reread_every_30_s_usage_every_tick() -> None:
     disk = DiskCollector(ps)
     for now in (0.0, 5.0, 29.0):
         assert disk.collect(now)["mounts"][0]["path"] == "/"
-    assert ps.partition_reads == 1
+    assert ps.partition_reads == 2  # the local disks and the whole table, once
     ps.readings[0] = dict(ps.readings[0], disk_partitions=[])  # the mount vanished...
     ps.readings[0]["disk_usage"] = {}  # ...and / is unreadable: left out, not an error
     assert disk.collect(31.0)["mounts"] == []
-    assert ps.partition_reads == 2
+    assert ps.partition_reads == 4
+
+
+class MountTable(FakePsutil):
+    """A host's mount table: ``all=False`` gives the local disks only, as psutil does
+    (it hides tmpfs, overlay, NFS, CIFS and FUSE); ``all=True`` every mount."""
+
+    LOCAL = (
+        ("/dev/sda1", "/", "ext4"),
+        ("/dev/sda1", "/etc/hosts", "ext4"),
+        ("/dev/sdb", "/data", "xfs"),
+    )
+    OTHER = (
+        ("overlay", "/", "overlay"),  # stacked on /: the visible one
+        ("tmpfs", "/dev/shm", "tmpfs"),
+        ("nas:/export/home", "/home", "nfs4"),
+        ("nas:/export/scratch", "/scratch", "nfs"),
+        ("//files/share", "/mnt/share", "cifs"),
+        ("s3fs", "/mnt/bucket", "fuse.s3fs"),
+        ("tmpfs", "/tmp/vol", "tmpfs"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.usage_paths: list[str] = []
+
+    def disk_partitions(self, all: bool = False) -> list[Any]:
+        self.partition_reads += 1
+        rows = self.LOCAL + (self.OTHER if all else ())
+        return [
+            _nt("sdiskpart", {"device": d, "mountpoint": m, "fstype": t, "opts": "rw"})
+            for d, m, t in rows
+        ]
+
+    def disk_usage(self, path: str) -> Any:
+        self.usage_paths.append(path)
+        return _nt("sdiskusage", {"total": 1000, "used": 950, "free": 50, "percent": 95.0})
+
+
+def mounts_of(disk: DiskCollector) -> dict[str, tuple[str, bool]]:
+    return {m["path"]: (m["fstype"], m["home"]) for m in disk.collect(0.0)["mounts"]}
+
+
+def test_local_disks_only_by_default_every_mount_not_home() -> None:
+    assert mounts_of(DiskCollector(MountTable())) == {
+        "/": ("ext4", False),
+        "/data": ("xfs", False),
+    }
+
+
+def test_the_home_volume_is_listed_whatever_its_type() -> None:
+    disk = DiskCollector(MountTable(), home_paths=["/home/jovyan", "/home/jovyan/work"])
+    mounts = disk.collect(0.0)["mounts"]
+    home = next(m for m in mounts if m["path"] == "/home")
+    assert home == {
+        "path": "/home", "fstype": "nfs4", "total_bytes": 1000, "used_bytes": 950,
+        "free_bytes": 50, "percent": 95.0, "home": True, "stuck": False,
+    }  # fmt: skip
+    assert [m["path"] for m in mounts] == ["/", "/data", "/home"]  # the other NFS: opt-in
+    for home, mount, fstype in [("/tmp/vol/x", "/tmp/vol", "tmpfs"),
+                                ("/mnt/bucket", "/mnt/bucket", "fuse.s3fs")]:  # fmt: skip
+        disk = DiskCollector(MountTable(), home_paths=[home])
+        assert mounts_of(disk)[mount] == (fstype, True)
+
+
+def test_a_home_on_the_root_filesystem_marks_the_visible_root() -> None:
+    # /root is on / where an overlay is stacked over the disk: the overlay is the home
+    assert mounts_of(DiskCollector(MountTable(), home_paths=["/root", "/home2"])) == {
+        "/": ("overlay", True),
+        "/data": ("xfs", False),
+    }
+
+
+def test_a_home_path_is_resolved_through_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to("/home/jovyan")
+    disk = DiskCollector(MountTable(), home_paths=[str(tmp_path / "link")])
+    assert mounts_of(disk)["/home"] == ("nfs4", True)
+
+
+def test_network_mounts_are_opt_in() -> None:
+    disk = DiskCollector(MountTable(), network_mounts=True)
+    assert mounts_of(disk) == {
+        "/": ("ext4", False),
+        "/data": ("xfs", False),
+        "/home": ("nfs4", False),
+        "/mnt/bucket": ("fuse.s3fs", False),
+        "/mnt/share": ("cifs", False),
+        "/scratch": ("nfs", False),
+    }
+
+
+def test_holding_mount_takes_the_longest_mount_point_above() -> None:
+    parts = MountTable().disk_partitions(all=True)
+    assert holding_mount("/home", parts).mountpoint == "/home"
+    assert holding_mount("/homework", parts).mountpoint == "/"  # a prefix is not enough
+    assert holding_mount("/tmp/vol/a/b", parts).mountpoint == "/tmp/vol"
+    assert holding_mount("/", parts).fstype == "overlay"
+    assert holding_mount("/x", []) is None
 
 
 # -- network --------------------------------------------------------------------------

@@ -92,7 +92,10 @@ def full_status(**changes: Any) -> Status:
                          "rss_bytes": None},
                     ]},
         "users": {"users": [{"name": "ada", "processes": 12, "cpu_percent": 50.0,
-                             "rss_bytes": 2_000_000}]},
+                             "rss_bytes": 2_000_000}],
+                  "count": 4,
+                  "others": {"users": 3, "processes": 30, "cpu_percent": None,
+                             "rss_bytes": 9_000_000}},
         "alerts": {"active": [
             {"name": "memory_high", "group": "memory", "value": 95.0, "threshold": 90.0,
              "since": 1.7e9},
@@ -182,6 +185,10 @@ def test_a_full_sample_becomes_node_exporter_style_metrics() -> None:
     assert value(m, "sysmon_user_processes", user="ada") == 12
     assert value(m, "sysmon_user_cpu_usage_ratio", user="ada") == 0.5
     assert value(m, "sysmon_user_memory_rss_bytes", user="ada") == 2_000_000
+    assert value(m, "sysmon_users") == 4
+    assert value(m, "sysmon_user_processes", user="(others)") == 30
+    assert value(m, "sysmon_user_memory_rss_bytes", user="(others)") == 9_000_000
+    assert (("user", "(others)"),) not in m["sysmon_user_cpu_usage_ratio"]  # null: left out
     assert value(m, "sysmon_alert_active", name="memory_high") == 1  # one series per name
     assert value(m, "sysmon_sample_age_seconds") == 2.5
     assert value(m, "sysmon_sample_interval_seconds") == 5

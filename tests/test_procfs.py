@@ -17,9 +17,9 @@ from jupyter_server_ext.collectors import (
     DiskCollector,
     MemoryCollector,
     NetworkCollector,
-    ProcessTable,
 )
 from jupyter_server_ext.errors import CollectorError
+from jupyter_server_ext.processes import ProcessTable
 
 pytestmark = pytest.mark.skipif(
     not procfs.AVAILABLE and not os.environ.get("CI"), reason="Linux /proc only"

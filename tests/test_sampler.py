@@ -386,7 +386,7 @@ def test_a_stuck_mount_keeps_its_last_numbers_and_the_disk_group_answers() -> No
     by_path = {m["path"]: m for m in sample.groups["disk"]["mounts"]}
     assert by_path["/nfs"] == {
         "path": "/nfs", "fstype": "nfs4", "total_bytes": 1000, "used_bytes": 250,
-        "free_bytes": 700, "percent": 25.0, "stuck": True,
+        "free_bytes": 700, "percent": 25.0, "home": False, "stuck": True,
     }  # fmt: skip
     assert by_path["/"]["stuck"] is False
     assert ps.usage_calls["/nfs"] == 2  # the stuck call is the only one outstanding
@@ -493,3 +493,32 @@ def test_interval_and_timeout_must_be_positive_and_the_timeout_defaults() -> Non
     assert Sampler([], interval=5.0, on_sample=lambda s: None, host="h").timeout == 2.0
     capped = Sampler([], interval=0.5, on_sample=lambda s: None, host="h", timeout=9)
     assert capped.timeout == 0.5
+
+
+def test_stuck_calls_are_reported_once_each_with_group_and_mount() -> None:
+    log, records = recording_log("on_stuck")
+    ps = FakeDisks(hung="/nfs")
+    hung = Hung(good=1)
+    reports: list[Any] = []
+
+    def on_stuck(report: Any) -> None:
+        reports.append(report)
+        raise RuntimeError("a consumer bug must not stop the tick")
+
+    sampler = Sampler([DiskCollector(ps), hung, Counter()], interval=0.5,
+                      on_sample=lambda s: None, host="h", timeout=0.05, log=log,
+                      on_stuck=on_stuck, wall_clock=lambda: 1234.5)  # fmt: skip
+    for _ in range(10):
+        sample = sampler.sample_once()
+    assert sample.groups["cpu"] == {"calls": 10}
+    assert [(r.key, r.group, r.mount) for r in reports] == [
+        ("disk:/nfs", "disk", "/nfs"),
+        ("container", "container", None),
+    ]
+    assert reports[0].message == "filesystem call on /nfs did not answer within 0.05 s"
+    assert reports[1].message == "collector 'container' did not answer within 0.05 s"
+    assert reports[0].time == 1234.5
+    assert messages(records, logging.ERROR) == ["sysmon: reporting a stuck call failed"] * 2
+    hung.release.set()
+    ps.release.set()
+    sampler.stop()

@@ -165,6 +165,20 @@ def test_users_heaviest_first_and_escaped() -> None:
     assert users_html(Status(seq=1, time=1.0, host="h", interval=1.0)) == ""
 
 
+def test_users_past_top_users_are_one_row_last_and_counted_in_the_title() -> None:
+    group = {
+        "users": [{"name": "ann", "processes": 2, "cpu_percent": 1.0, "rss_bytes": GIB}],
+        "count": 4,
+        "others": {"users": 3, "processes": 40, "cpu_percent": 250.0, "rss_bytes": 3 * GIB},
+    }
+    text = users_html(status(users=group))
+    assert "<b>Users</b> (4)" in text
+    assert text.index("ann") < text.index("<i>3 other users</i>")  # last, though heavier
+    assert "250" in text and "75 %" in text  # their CPU, and 3 GiB of the 4 GiB limit
+    only_others = users_html(status(users={"users": [], "count": 3, "others": group["others"]}))
+    assert "3 other users" in only_others
+
+
 def test_limits_show_throttling_pressure_oom_kills_and_the_home_volume() -> None:
     text = limits_html(status())
     assert "1.50 of 2 cores" in text
@@ -302,3 +316,11 @@ def test_every_widget_sends_at_most_one_message_and_unchanged_tables_none() -> N
     assert sent(alerts)[-1]["state"]["value"] == alerts.value
     others = [w for w in tables if w is not alerts]
     assert [len(sent(w)) for w in others] == [table_msgs[w] for w in others]
+
+
+def test_a_stuck_mount_event_reads_as_the_servers_message() -> None:
+    event = {"time": 0.0, "kind": "collector_stuck", "group": "disk", "path": "/home",
+             "message": "filesystem call on /home did not answer within 2 s"}  # fmt: skip
+    text = event_text(event)
+    assert text.startswith("filesystem call on /home did not answer within 2 s, ")
+    assert "kernel" not in text  # a mount's path is not a notebook's

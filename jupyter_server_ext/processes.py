@@ -1,0 +1,321 @@
+"""The process table, walked once per tick for the ``processes`` and ``users`` groups.
+
+:class:`ProcessTable` keeps ``psutil.Process`` objects across ticks so that a process's
+CPU share is measured over the interval; :class:`ProcessWalk` makes one walk per tick
+that both on-demand collectors read, :class:`ProcessesCollector` (the top processes)
+and :class:`UsersCollector` (CPU and memory summed per unix user). The walk's cost
+grows with the host's process count, so it runs only while one of the two groups is
+wanted (see ``on_demand`` in :mod:`.sampler`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import psutil
+
+from . import procfs
+from .sampler import INLINE
+
+
+def uses_procfs(ps: Any) -> bool:
+    """Read ``/proc`` directly: only for the real psutil, on Linux."""
+    return ps is psutil and procfs.AVAILABLE
+
+
+@dataclass
+class ProcessInfo:
+    pid: int
+    name: str
+    user: str | None
+    cpu_percent: float | None
+    rss_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "name": self.name,
+            "user": self.user,
+            "cpu_percent": self.cpu_percent,
+            "rss_bytes": self.rss_bytes,
+        }
+
+
+@dataclass
+class _Tracked:
+    process: Any
+    name: str
+    user: str | None
+    primed: bool = False
+    start_ticks: int = -1  # procfs: tells a reused pid from the process we know
+    cpu_seconds: float = 0.0  # procfs: CPU time and when it was read, for the percent
+    read_at: float = 0.0
+
+
+@dataclass
+class ProcessTable:
+    """Keeps ``psutil.Process`` objects across ticks so that per-process CPU percent is
+    measured over the interval, and name and user are read once per process.
+
+    ``cpu_percent`` is percent of one core (it can pass 100 for a multi-threaded
+    process) and is ``None`` on a process's first reading.
+    """
+
+    ps: ModuleType | Any = psutil
+    _tracked: dict[int, _Tracked] = field(default_factory=dict)
+    _procfs: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._procfs = uses_procfs(self.ps)
+
+    def read(self, pids: Iterable[int]) -> list[ProcessInfo]:
+        """Read each pid; gone or inaccessible processes are skipped. Processes not in
+        ``pids`` are forgotten."""
+        wanted = set(pids)
+        for pid in list(self._tracked):
+            if pid not in wanted:
+                del self._tracked[pid]
+        read_one = self._read_procfs if self._procfs else self._read_one
+        infos = []
+        for pid in wanted:
+            info = read_one(pid)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    def _read_one(self, pid: int) -> ProcessInfo | None:
+        ps = self.ps
+        tracked = self._tracked.get(pid)
+        try:
+            if tracked is None:
+                tracked = self._tracked[pid] = self._identify(pid)
+            proc = tracked.process
+            with proc.oneshot():
+                cpu = proc.cpu_percent(None)
+                rss = proc.memory_info().rss
+        except (ps.NoSuchProcess, ps.ZombieProcess):
+            self._tracked.pop(pid, None)
+            return None
+        except ps.AccessDenied:
+            return None
+        cpu_percent = round(cpu, 1) if tracked.primed else None
+        tracked.primed = True
+        return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, rss)
+
+    def _identify(self, pid: int) -> _Tracked:
+        """Name and user, read once per process through psutil."""
+        ps = self.ps
+        proc = ps.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            try:
+                user = proc.username()
+            except (ps.AccessDenied, KeyError):
+                user = None
+        return _Tracked(proc, name, user)
+
+    def _read_procfs(self, pid: int) -> ProcessInfo | None:
+        """One read of ``/proc/<pid>/stat`` per tick; psutil only for a new process."""
+        ps = self.ps
+        try:
+            stat = procfs.process_stat(pid)
+            now = time.monotonic()
+            tracked = self._tracked.get(pid)
+            if tracked is None or tracked.start_ticks != stat.start_ticks:
+                tracked = self._tracked[pid] = self._identify(pid)
+                tracked.start_ticks = stat.start_ticks
+        except (procfs.ProcessGone, ps.NoSuchProcess, ps.ZombieProcess):
+            self._tracked.pop(pid, None)
+            return None
+        except (ps.AccessDenied, PermissionError):
+            return None
+        cpu_percent = None
+        elapsed = now - tracked.read_at
+        if tracked.primed and elapsed > 0:
+            busy = max(0.0, stat.cpu_seconds - tracked.cpu_seconds)
+            cpu_percent = round(100.0 * busy / elapsed, 1)
+        tracked.primed = True
+        tracked.cpu_seconds, tracked.read_at = stat.cpu_seconds, now
+        return ProcessInfo(pid, tracked.name, tracked.user, cpu_percent, stat.rss_bytes)
+
+
+def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: int) -> list:
+    return [p.to_json() for p in sorted(infos, key=key, reverse=True)[:n]]
+
+
+#: The guard key of the walk (see :class:`~.sampler.CallGuard`): a walk that hangs (a
+#: process stuck in the kernel can block a ``/proc`` read) is not started again until it
+#: returns, whichever of the two groups asks.
+WALK_KEY = "processes:walk"
+
+
+class ProcessWalk:
+    """One walk of the process table per tick, shared by the groups built from it.
+
+    :meth:`pids` and :meth:`infos` remember their answer for the tick's ``now``: the
+    second group to ask in a tick gets the same readings, without a second walk. Each
+    reader names itself; when the last one :meth:`pause` s, the per-process readings are
+    dropped (a CPU share measured over a pause would mislead), so the first walk after
+    a pause has every ``cpu_percent`` null, as on start.
+    """
+
+    def __init__(self, ps: ModuleType | Any = psutil) -> None:
+        self._ps = ps
+        self._table = ProcessTable(ps)
+        self._readers: set[str] = set()
+        self._pids: tuple[float, list[int]] | None = None
+        self._infos: tuple[float, list[ProcessInfo]] | None = None
+        #: Walks made (not answers given): one per tick however many groups read it.
+        self.walks = 0
+
+    @property
+    def tracked(self) -> int:
+        """Processes whose readings are kept between ticks (0 while paused)."""
+        return len(self._table._tracked)
+
+    def pids(self, now: float) -> list[int]:
+        """Every pid, read once per tick."""
+        if self._pids is None or self._pids[0] != now:
+            self._pids = (now, list(self._ps.pids()))
+        return self._pids[1]
+
+    def infos(self, reader: str, now: float, guard: Any = INLINE) -> list[ProcessInfo]:
+        """Every readable process, read once per tick under ``guard`` (the sampler's
+        :class:`~.sampler.CallGuard`; a stuck walk raises :class:`~.sampler.Stuck`)."""
+        self._readers.add(reader)
+        if self._infos is None or self._infos[0] != now:
+            pids = self.pids(now)
+            infos = guard.call(WALK_KEY, "process walk", self._walk, pids)
+            self._infos = (now, infos)
+        return self._infos[1]
+
+    def _walk(self, pids: list[int]) -> list[ProcessInfo]:
+        self.walks += 1
+        return self._table.read(pids)
+
+    def pause(self, reader: str) -> None:
+        """``reader`` stops reading; the last one to stop drops the readings."""
+        self._readers.discard(reader)
+        if not self._readers:
+            self._table = ProcessTable(self._ps)
+            self._pids = self._infos = None
+
+
+class ProcessesCollector:
+    """``processes``: how many processes exist, and the ``top_n`` by CPU and by RSS.
+
+    With ``top_n`` 0 only the count is read (no per-process walk). It runs on demand
+    (``on_demand``): only while someone wants the group (a subscriber, a REST call).
+    Otherwise the sampler leaves the group out of the sample and calls :meth:`pause`.
+    ``walk`` is shared with :class:`UsersCollector`: one walk per tick feeds both.
+    """
+
+    name = "processes"
+    on_demand = True
+
+    def __init__(
+        self, top_n: int = 5, ps: ModuleType | Any = psutil, walk: ProcessWalk | None = None
+    ) -> None:
+        self._top_n = top_n
+        self.walk = walk if walk is not None else ProcessWalk(ps)
+        self.guard: Any = INLINE
+
+    def pause(self) -> None:
+        self.walk.pause(self.name)
+
+    def collect(self, now: float) -> dict[str, Any]:
+        pids = self.walk.pids(now)
+        out: dict[str, Any] = {"count": len(pids), "top_cpu": [], "top_memory": []}
+        if self._top_n > 0:
+            infos = self.walk.infos(self.name, now, self.guard)
+            known_cpu = [p for p in infos if p.cpu_percent is not None]
+            out["top_cpu"] = top(known_cpu, lambda p: p.cpu_percent or 0.0, self._top_n)
+            out["top_memory"] = top(infos, lambda p: p.rss_bytes, self._top_n)
+        return out
+
+
+#: The name of processes whose user could not be read.
+UNKNOWN_USER = "(unknown)"
+
+
+@dataclass
+class _UserSum:
+    processes: int = 0
+    cpu_percent: float = 0.0
+    cpu_known: bool = False
+    rss_bytes: int = 0
+
+    def add(self, info: ProcessInfo) -> None:
+        self.processes += 1
+        self.rss_bytes += info.rss_bytes
+        if info.cpu_percent is not None:
+            self.cpu_percent += info.cpu_percent
+            self.cpu_known = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "processes": self.processes,
+            "cpu_percent": round(self.cpu_percent, 1) if self.cpu_known else None,
+            "rss_bytes": self.rss_bytes,
+        }
+
+
+class UsersCollector:
+    """``users``: processes, CPU and resident memory summed per unix user (on The
+    Littlest JupyterHub each user is ``jupyter-<name>``), from the same walk as
+    ``processes``.
+
+    The group is ``{"users": [{name, processes, cpu_percent, rss_bytes}], "count": N,
+    "others": {users, processes, cpu_percent, rss_bytes} | null}``: the ``top_n``
+    heaviest users, heaviest first — by resident memory, then CPU, then name (memory
+    is what gets kernels killed, and it moves slowly, so the order and the set of rows
+    hold still on an idle machine where CPU shares flicker) — ``count`` every user with
+    a process, and ``others`` the sums of the users left out (null when none is).
+    ``cpu_percent`` is in percent of one core, null on the first walk after a pause
+    (a process's first reading has no CPU share; later new processes count as 0). RSS
+    is summed, so pages shared between processes count more than once.
+    """
+
+    name = "users"
+    on_demand = True
+
+    def __init__(
+        self, top_n: int = 10, ps: ModuleType | Any = psutil, walk: ProcessWalk | None = None
+    ) -> None:
+        self._top_n = top_n
+        self.walk = walk if walk is not None else ProcessWalk(ps)
+        self.guard: Any = INLINE
+
+    def pause(self) -> None:
+        self.walk.pause(self.name)
+
+    def collect(self, now: float) -> dict[str, Any]:
+        sums: dict[str, _UserSum] = {}
+        for info in self.walk.infos(self.name, now, self.guard):
+            name = info.user if info.user else UNKNOWN_USER
+            user = sums.get(name)
+            if user is None:
+                user = sums[name] = _UserSum()
+            user.add(info)
+        ranked = sorted(
+            sums.items(), key=lambda item: (-item[1].rss_bytes, -item[1].cpu_percent, item[0])
+        )
+        shown, rest = ranked[: self._top_n], ranked[self._top_n :]
+        others: dict[str, Any] | None = None
+        if rest:
+            total = _UserSum()
+            for _, user in rest:
+                total.processes += user.processes
+                total.rss_bytes += user.rss_bytes
+                total.cpu_percent += user.cpu_percent
+                total.cpu_known = total.cpu_known or user.cpu_known
+            others = {"users": len(rest), **total.to_json()}
+        return {
+            "users": [{"name": name, **user.to_json()} for name, user in shown],
+            "count": len(ranked),
+            "others": others,
+        }
