@@ -163,10 +163,10 @@ async def test_nothing_is_parsed_once_a_connection_is_condemned(
     assert parsed == []
 
 
+@fast_path_only
 async def test_oversized_messages_close_1009_whatever_their_size(
     connect: Any, write_path: str
 ) -> None:
-    fast_path_only(write_path, "tornado's own protocol drops the socket without a close frame")
     async with connect("metrics=cpu") as bystander:
         await recv_json(bystander)
         for size in (MAX_MESSAGE_BYTES + 1, 1024 * 1024):
@@ -181,8 +181,8 @@ async def test_oversized_messages_close_1009_whatever_their_size(
         assert "cpu" in await recv_type(bystander, "status")
 
 
+@fast_path_only
 async def test_invalid_utf8_closes_1007(connect: Any, write_path: str) -> None:
-    fast_path_only(write_path, "tornado's own protocol drops the socket without a close frame")
     async with connect("metrics=cpu") as bystander:
         await recv_json(bystander)
         for compression in (None, "deflate"):
@@ -246,6 +246,7 @@ def read_close_code(sock: socket.socket) -> tuple[int | None, bool]:
     return code, reset
 
 
+@fast_path_only
 async def test_a_refused_message_gets_its_1009_even_behind_a_backlog(
     connect: Any, sysmon: Any, open_raw: Any, write_path: str
 ) -> None:
@@ -253,7 +254,6 @@ async def test_a_refused_message_gets_its_1009_even_behind_a_backlog(
     sending when the server refuses it). Closing the socket at once, with what the
     client sent unread, resets the connection and throws away the frames still queued
     for it, the close frame among them: the client would see 1006."""
-    fast_path_only(write_path, "tornado's own protocol drops the socket without a close frame")
     sock = await open_raw("")
     try:
         await eventually(lambda: len(sysmon.connections) == 1)
