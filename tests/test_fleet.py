@@ -4,8 +4,10 @@ against the simulated hub of benchmarks/fleet_sim.py (pagination, bounded openin
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +19,7 @@ from sysmon_nb import fleet_table
 from sysmon_nb.discovery import DiscoveryError, discover_hub
 from sysmon_nb.fleet import FleetClient, FleetServer, Summary, missing_scopes, summarize
 from sysmon_nb.fleet_table import FleetView, render
-from sysmon_nb.protocol import Status
+from sysmon_nb.protocol import History, Status
 
 from .conftest import eventually
 from .servers import free_port
@@ -168,6 +170,54 @@ async def test_every_page_listed_and_opening_bounded(simulated_hub: str) -> None
     assert 1 < limit.most <= 4
     assert fleet.listings == 1 and fleet.owner is not None
     assert all(s.task is None for s in fleet.servers.values())
+
+
+def held_between_frames(fleet: FleetClient) -> tuple[int, list[str]]:
+    """What the suspended readers of ``fleet`` (FleetClient._stream, StatusClient.__aiter__
+    and .messages) hold of a frame or a sample while they wait for the next frame:
+    (readers found, locals holding something)."""
+    clients = [s.client for s in fleet.servers.values() if s.client is not None]
+    readers, held = 0, []
+    for obj in gc.get_objects():
+        if type(obj) is types.AsyncGeneratorType:  # type(): no weak proxy is woken
+            frame, code = obj.ag_frame, obj.ag_code
+        elif type(obj) is types.CoroutineType:
+            frame, code = obj.cr_frame, obj.cr_code
+        else:
+            continue
+        if frame is None or code.co_name not in ("_stream", "__aiter__", "messages"):
+            continue
+        local = frame.f_locals
+        owner = local.get("server").client if code.co_name == "_stream" else local.get("self")
+        if not any(owner is c for c in clients):
+            continue
+        readers += 1
+        for name, value in local.items():
+            if (
+                isinstance(value, (Status, History))
+                or (isinstance(value, str) and '"status"' in value)
+                or (isinstance(value, list) and value)
+            ):
+                held.append(f"{code.co_name}: {name}")
+    return readers, held
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("simulated_hub", [(5, 0.2)], indirect=True)
+async def test_between_frames_a_server_costs_its_summary_not_its_sample(
+    simulated_hub: str,
+) -> None:
+    fleet = FleetClient(simulated_hub, TOKEN, refresh_interval=60)
+    task = asyncio.get_running_loop().create_task(fleet.run())
+    try:
+        await eventually(
+            lambda: len(fleet.servers) == 5 and all(s.samples >= 3 for s in fleet.servers.values()),
+            timeout=30,
+        )
+        assert held_between_frames(fleet) == (15, [])  # three readers per server
+        assert all(s.summary is not None for s in fleet.servers.values())
+    finally:
+        await stopped(task)
 
 
 @pytest.mark.timeout(60)
