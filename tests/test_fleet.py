@@ -104,6 +104,32 @@ def test_the_table_sorts_heaviest_first_and_flags_rows_over_90() -> None:
     assert "<td>&lt;x&gt;</td>" in render([row("<x>")], "cpu")
 
 
+def test_the_views_summary_counts_streaming_and_refused_servers() -> None:
+    from sysmon_nb.client import ConnectionState, StatusClient
+
+    fleet = FleetClient("http://hub/", "secret-token")
+    servers = {"ann": "connected", "bo": "connected", "cy": "refused", "di": "reconnecting"}
+    for user, phase in servers.items():
+        server = fleet.servers[(user, "")] = row(user, cpu_percent=1.0)
+        server.client = StatusClient(server.url, "secret-token")
+        server.client.state = ConnectionState(phase)  # type: ignore[arg-type]
+    fleet.servers[("ed", "")] = row("ed", "stopped")
+    fleet.servers[("bo", "")].received_at = None  # connected, no sample yet
+    with counting_comms():
+        view = FleetView(fleet)
+        assert repr(view) == (
+            "<sysmon fleet http://hub/: 5 servers, 4 ready, 1 streaming, 1 refused>"
+        )
+        fleet.listing_error = "HTTP 502"
+        view.redraw()
+        assert view.header.value.endswith(
+            "4 ready, 1 streaming, 1 refused; the hub did not answer: HTTP 502"
+        )
+        view.error = "refused: this token cannot watch the hub's servers"
+        assert repr(view).endswith(": stopped: refused: this token cannot watch the hub's servers>")
+    assert "secret-token" not in repr(view) + view.header.value
+
+
 def test_discover_hub_reads_its_two_variables_and_never_the_kernels_token() -> None:
     target = discover_hub(environ={"SYSMON_HUB_URL": "http://h/", "SYSMON_HUB_TOKEN": "t"})
     assert (target.url, target.token, target.source) == ("http://h/", "t", "SYSMON_HUB_URL")
@@ -272,8 +298,12 @@ def test_the_fleet_notebook_shows_every_server(simulated_hub: str, tmp_path: Any
 
     nb = nbformat.read(ROOT / "notebooks" / "fleet.ipynb", as_version=4)
     nb.cells.append(new_code_cell(CHECK_FLEET))
+    nb.cells.append(new_code_cell("%sysmon status"))
     env = isolated_env(tmp_path, SYSMON_HUB_URL=simulated_hub, SYSMON_HUB_TOKEN=TOKEN)
     execute(nb, tmp_path, env)
-    assert outputs_text(nb.cells[-1]).splitlines() == ["heaviest 13 12", "memory 13 12"]
+    assert outputs_text(nb.cells[-2]).splitlines() == ["heaviest 13 12", "memory 13 12"]
+    # %sysmon status lists both fleet views, never the token
+    views = f"<sysmon fleet {simulated_hub}: 12 servers, 12 ready, 12 streaming>"
+    assert outputs_text(nb.cells[-1]).splitlines() == [views, views]
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert errors == []

@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 import websockets
 
+from benchmarks.widget import counting_comms
+from sysmon_nb import magic
 from sysmon_nb.fleet import FleetClient, FleetRefusedError
+from sysmon_nb.fleet_table import FleetView
 from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
 
 from .conftest import eventually, recv_json, recv_type
@@ -156,9 +159,16 @@ async def test_a_users_own_token_is_refused_naming_the_scopes(hub: Hub) -> None:
         await asyncio.wait_for(FleetClient(hub.url, token).run(), 30)
 
 
+def not_allowing(hub: Hub, user: str) -> int:
+    """How many times the single-user servers logged the hub provider's refusal of
+    ``user`` (their output goes to the hub's log)."""
+    return hub.log_path.read_text(errors="replace").count(f"Not allowing user {user}")
+
+
 @pytest.mark.timeout(180)
 async def test_a_read_only_token_streams_every_server_and_nothing_else(hub: Hub) -> None:
     token = hub.new_token("rita", READER_SCOPES)["token"]
+    refusals_logged = not_allowing(hub, "rita")
     fleet = FleetClient(hub.url, token, refresh_interval=1.0)
     task = await watch(fleet)
     try:
@@ -171,9 +181,13 @@ async def test_a_read_only_token_streams_every_server_and_nothing_else(hub: Hub)
     # the same token reads sysmon's latest sample, and nothing else on the server
     code, body = get(hub, "user/ben/sysmon/api/status", token)
     assert code == 200 and "cpu" in json.loads(body)
+    # a reader on the sysmon routes is not a refusal: no "Not allowing user" line
+    assert not_allowing(hub, "rita") == refusals_logged
     for path in ("user/ben/api/kernels", "user/ben/api/contents", "user/ben/gpu/api/sessions"):
         code, _ = get(hub, path, token)
         assert code == 403, path
+    # ...while every other route refuses it as the hub's provider does, with that line
+    await eventually(lambda: not_allowing(hub, "rita") >= refusals_logged + 3, timeout=10)
     code, _ = hub.api("GET", "/users", token=token)
     assert code == 200
 
@@ -222,3 +236,65 @@ async def test_read_only_refusals_filters_and_revocation(hub: Hub) -> None:
             assert (code, reason) == (CLOSE_NOT_ADMIN, "no longer holds custom:sysmon:read")
     finally:
         hub.api("POST", "/groups/readers/users", {"users": ["rita"]})
+
+
+@pytest.mark.timeout(180)
+async def test_picking_a_server_opens_its_dashboard_fed_by_that_server(hub: Hub) -> None:
+    picked, other = ("ben", "gpu"), ("cat", "")
+    with counting_comms():
+        fleet = FleetClient(hub.url, hub.new_token("ada")["token"], refresh_interval=1.0)
+        view = FleetView(fleet, interval=0.5).start()
+        try:
+            await eventually(lambda: streaming(fleet, [picked, other]), timeout=60)
+            await eventually(lambda: ("ben", "gpu") in [o[1] for o in view.pick.options])
+            view.pick.value = picked  # what selecting it in the front end does
+            monitor = view.monitor
+            assert monitor is not None and view.detail.children == (monitor.dashboard,)
+            assert monitor.client.url == f"ws://127.0.0.1:{hub.public_port}/user/ben/gpu/sysmon/ws"
+            await eventually(lambda: len(monitor.dashboard.samples) >= 2, timeout=60)
+            # the samples come from that server process (its hello's server_id), no other
+            hello, fleet_hello = monitor.client.hello, fleet.servers[picked].client.hello
+            assert hello is not None and fleet_hello is not None
+            assert hello.server_id == fleet_hello.server_id is not None
+            other_hello = fleet.servers[other].client.hello
+            assert other_hello is not None and other_hello.server_id != hello.server_id
+            assert monitor in magic.running  # listed by %sysmon status
+
+            view.pick.value = other  # another server: the first dashboard stops
+            second = view.monitor
+            assert second is not None and second is not monitor
+            assert view.detail.children == (second.dashboard,)
+            await eventually(lambda: monitor.task.done() and len(second.dashboard.samples) >= 1,
+                             timeout=60)  # fmt: skip
+            view.pick.value = None
+            assert view.monitor is None and view.detail.children == ()
+            await eventually(lambda: second.task.done())
+        finally:
+            await view.wait_stopped()
+    assert all(s.task is None for s in fleet.servers.values())
+
+
+@pytest.mark.timeout(180)
+async def test_the_views_status_counts_servers_a_filtered_token_may_not_read(hub: Hub) -> None:
+    token = hub.new_token("rita", ["custom:sysmon:read!user=ben", "list:users", "read:servers"])
+    with counting_comms():
+        fleet = FleetClient(hub.url, token["token"], refresh_interval=1.0)
+        view = FleetView(fleet, interval=0.5).start()
+        try:
+            await eventually(lambda: fleet.listings > 0, timeout=30)
+            ready = [k for k, s in fleet.servers.items() if s.hub_state == "ready"]
+            bens = [k for k in ready if k[0] == "ben"]
+            assert len(bens) == 2 and len(ready) > 2
+            await eventually(lambda: streaming(fleet, bens), timeout=60)
+            others = [fleet.servers[k] for k in ready if k[0] != "ben"]
+            await eventually(lambda: all(s.client is None or s.client.state.phase == "refused"
+                                         for s in others), timeout=60)  # fmt: skip
+            assert view.describe() == (
+                f"{len(fleet.servers)} servers, {len(ready)} ready, 2 streaming,"
+                f" {len(ready) - 2} refused"
+            )
+            assert "refused: HTTP 403" in others[0].state()
+            view.redraw()
+            assert f"{len(ready) - 2} refused" in view.header.value
+        finally:
+            await view.wait_stopped()
