@@ -219,7 +219,12 @@ class FleetView(widgets.VBox):
             return
         target = Target(server.url, self.fleet.token, "fleet")
         self.monitor = Monitor(target).start()
-        self.detail.children = (self.monitor.dashboard,)
+        # The dashboard's own header names the host, which servers may share: say which.
+        title = f"{server.user}/{server.name}" if server.name else server.user
+        label = widgets.HTML(
+            value=f"<b>dashboard of {html.escape(title)}</b> {html.escape(server.url)}"
+        )
+        self.detail.children = (label, self.monitor.dashboard)
 
     def start(self) -> FleetView:
         loop = asyncio.get_running_loop()
