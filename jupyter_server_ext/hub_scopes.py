@@ -7,11 +7,16 @@ else: unlike ``access:servers`` it cannot run code here. See DESIGN.md, "Fleet".
 How it fits jupyterhub's single-user extension: its identity provider
 (``JupyterHubIdentityProvider``) returns no user for a token without the server's
 ``access_scopes`` (``access:servers!server=<user>/<name>`` and ``!user=<user>``), so
-every route refuses it. Only the sysmon handlers see :class:`ReaderIdentityProvider`
-instead (their ``identity_provider`` property): it asks the hub's provider first, and
-only when that one admits nobody does it look at the explicit token (header, or URL on
-a WebSocket; never a cookie) and ask the hub, without its cache, for the token's
-scopes. The scope required is each access scope with ``access:servers`` replaced by
+every route refuses it, and logs "Not allowing user <name>" at warning level each time.
+Only the sysmon handlers see :class:`ReaderIdentityProvider` instead (their
+``identity_provider`` property). It looks at the explicit token (header, or URL on a
+WebSocket; never a cookie) and asks the hub for its model through the same cache, with
+the same key, as the hub's provider would (so an admin's request costs no extra call to
+the hub). A token with the access scopes, and any request without such a token, go to
+the hub's provider unchanged. A token the hub knows that lacks them, which the hub's
+provider would refuse (logging that line per reader request), takes the reader path at
+once: the hub is asked again, without its cache, for the token's scopes. The scope
+required is each access scope with ``access:servers`` replaced by
 ``custom:sysmon:read`` (so ``!user=`` and ``!server=`` filters for *this* server are
 honoured, and a filter for another user or server is not); ``check_scopes`` decides,
 as the hub's own does. Anything else (no token, unknown token, hub error, no
@@ -114,10 +119,21 @@ class ReaderIdentityProvider:
         return getattr(self._inner, name)
 
     async def get_user(self, handler: Any) -> Any:
-        user = await ensure_async(self._inner.get_user(handler))
-        if user is not None:
-            return user
-        return await admit_reader(self.hub_auth, handler)
+        hub_auth = self.hub_auth
+        token = hub_auth.get_token(handler, in_cookie=False)
+        if token:
+            # The hub's provider asks exactly this (its cache, its key) first, and for a
+            # token without the access scopes refuses it: same decision, no log line.
+            model = await hub_auth.user_for_token(
+                token, session_id=hub_auth.get_session_id(handler), sync=False
+            )
+            if (
+                isinstance(model, dict)
+                and model.get("name")
+                and not hub_auth.check_scopes(hub_auth.access_scopes, model)
+            ):
+                return await admit_reader(hub_auth, handler)
+        return await ensure_async(self._inner.get_user(handler))
 
 
 def with_readers(identity_provider: Any) -> Any:

@@ -282,10 +282,16 @@ class StatusClient:
         async with contextlib.aclosing(self.messages()) as messages:
             async for message in messages:
                 if isinstance(message, History):
-                    for sample in message.samples:
-                        yield sample
+                    samples = list(reversed(message.samples))
                 elif isinstance(message, Status):
-                    yield message
+                    samples = [message]
+                else:
+                    continue
+                # Hold no sample while waiting for the next frame: a fleet of hundreds
+                # of clients would otherwise keep each one's newest sample alive.
+                del message
+                while samples:
+                    yield samples.pop()
 
     async def messages(self) -> AsyncGenerator[ServerMessage, None]:
         """Every decoded frame, across reconnects, without samples already seen.
@@ -324,11 +330,13 @@ class StatusClient:
                 try:
                     async for frame in ws:
                         message = self._accept(frame)
+                        del frame  # nothing of a sample stays alive between frames
                         if message is None:
                             continue
                         if isinstance(message, Hello):
                             attempt = 0
                         yield message
+                        del message
                 except websockets.ConnectionClosed:
                     pass
             code, why = ws.close_code, ws.close_reason

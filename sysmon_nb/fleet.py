@@ -364,6 +364,7 @@ class FleetClient:
                 server.summary = summarize(status)
                 server.received_at = time.time()
                 server.samples += 1
+                del status  # only the summary stays: a few numbers per server
         except ClientError as err:
             server.error = err.reason
 

@@ -154,6 +154,28 @@ class FleetView(widgets.VBox):
         self.sort.observe(lambda _: self.redraw(), names="value")
         self.pick.observe(self._picked, names="value")
 
+    def __repr__(self) -> str:  # what ``%sysmon status`` prints; never the token
+        return f"<sysmon fleet {self.fleet.hub_url}: {self.describe()}>"
+
+    def describe(self) -> str:
+        """A short phrase: how many servers, ready, streaming (connected, with a
+        sample) and refused; or why the whole view stopped."""
+        if self.error:
+            return f"stopped: {self.error}"
+        servers = list(self.fleet.servers.values())
+        ready = sum(s.hub_state == "ready" for s in servers)
+        streaming = refused = 0
+        for server in servers:
+            phase = server.client.state.phase if server.client is not None else None
+            streaming += phase == "connected" and server.received_at is not None
+            refused += phase == "refused"
+        text = f"{len(servers)} servers, {ready} ready, {streaming} streaming"
+        if refused:
+            text += f", {refused} refused"
+        if self.fleet.listing_error:
+            text += f"; the hub did not answer: {self.fleet.listing_error}"
+        return text
+
     def redraw(self, now: float | None = None) -> None:
         """Draw the table (and the server list, when servers came or went) at once."""
         servers = list(self.fleet.servers.values())
@@ -165,15 +187,9 @@ class FleetView(widgets.VBox):
                     value = self.pick.value if self.pick.value in keys else None
                     self.pick.options = options
                     self.pick.value = value
-            ready = sum(s.hub_state == "ready" for s in servers)
-            streaming = sum(s.received_at is not None for s in servers)
-            status = f"{len(servers)} servers, {ready} ready, {streaming} streaming"
-            if self.error:
-                status = f"stopped: {self.error}"
-            elif self.fleet.listing_error:
-                status += f"; the hub did not answer: {self.fleet.listing_error}"
             self.header.value = (
-                f"<b>sysmon fleet</b> {html.escape(self.fleet.hub_url)}: {html.escape(status)}"
+                f"<b>sysmon fleet</b> {html.escape(self.fleet.hub_url)}:"
+                f" {html.escape(self.describe())}"
             )
             self.table.value = _STYLE + render(servers, self.sort.value, now)
 
@@ -203,7 +219,12 @@ class FleetView(widgets.VBox):
             return
         target = Target(server.url, self.fleet.token, "fleet")
         self.monitor = Monitor(target).start()
-        self.detail.children = (self.monitor.dashboard,)
+        # The dashboard's own header names the host, which servers may share: say which.
+        title = f"{server.user}/{server.name}" if server.name else server.user
+        label = widgets.HTML(
+            value=f"<b>dashboard of {html.escape(title)}</b> {html.escape(server.url)}"
+        )
+        self.detail.children = (label, self.monitor.dashboard)
 
     def start(self) -> FleetView:
         loop = asyncio.get_running_loop()
@@ -245,6 +266,11 @@ class FleetView(widgets.VBox):
             with contextlib.suppress(asyncio.CancelledError, ClientError):
                 await fleet_task
             self.redraw()
+
+
+def fleets() -> list[FleetView]:
+    """The fleet views running in this kernel (``%sysmon status`` lists them)."""
+    return list(running_fleets)
 
 
 def stop_fleets() -> int:

@@ -206,6 +206,14 @@ def _stop_fleets() -> int:
     return stop_fleets()
 
 
+def _fleets() -> list[Any]:
+    if "sysmon_nb.fleet_table" not in sys.modules:
+        return []
+    from .fleet_table import fleets
+
+    return fleets()
+
+
 def show_fleet_from_magic(args: Any) -> None:
     """``%sysmon --fleet``: the fleet table of the hub at ``--url`` (else
     ``SYSMON_HUB_URL``), with the token in ``--token-env`` (else ``SYSMON_HUB_TOKEN``)."""
@@ -260,10 +268,13 @@ class SysmonMagics(Magics):
             print(f"sysmon: stopped {count} dashboard(s)")
             return
         if args.action == "status":
-            if not running:
+            views = _fleets()
+            if not running and not views:
                 print("sysmon: no dashboard running")
             for monitor in running:
                 print(monitor)
+            for view in views:
+                print(view)
             return
         if args.fleet:
             show_fleet_from_magic(args)

@@ -33,7 +33,14 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     for name in ("CONFIG", "RUNTIME", "DATA"):
         env[f"JUPYTER_{name}_DIR"] = str(tmp / f"jupyter-{name.lower()}")
     env["IPYTHONDIR"] = str(tmp / "ipython")
-    for key in ("SYSMON_URL", "SYSMON_TOKEN", "JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_API_TOKEN"):
+    for key in (
+        "SYSMON_URL",
+        "SYSMON_TOKEN",
+        "SYSMON_HUB_URL",
+        "SYSMON_HUB_TOKEN",
+        "JUPYTERHUB_SERVICE_URL",
+        "JUPYTERHUB_API_TOKEN",
+    ):
         env.pop(key, None)
     env.update(extra)
     return env

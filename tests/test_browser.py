@@ -35,14 +35,14 @@ LINES_D = """() => Array.from(document.querySelectorAll('.bqplot path.line'))
     .map(p => p.getAttribute('d') || '')"""
 
 
-def _need_chromium() -> None:
+def need_chromium() -> None:
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: CI must install Debian's chromium")
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
 
 
-def _wait(page: Any, predicate: Any, what: str, timeout: float = 60.0) -> Any:
+def wait(page: Any, predicate: Any, what: str, timeout: float = 60.0) -> Any:
     """Poll ``predicate()`` (bounded) while the page keeps running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,6 +58,31 @@ def _accept_dialogs(page: Any) -> None:
     button = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
     if button.count():
         button.first.click()
+
+
+def wait_kernel_idle(page: Any) -> None:
+    """Wait (bounded) until the application (exposed in the browser) shows a notebook
+    whose kernel is connected and idle, accepting the kernel chooser on the way."""
+    wait(
+        page,
+        lambda: page.evaluate("() => !!(window.jupyterapp && window.jupyterapp.shell)"),
+        "the application to load",
+    )
+
+    def kernel_ready() -> bool:
+        _accept_dialogs(page)
+        return bool(page.locator(".jp-Notebook .jp-Cell").count()) and bool(
+            page.evaluate(
+                """() => {
+                const w = window.jupyterapp.shell.currentWidget;
+                const k = w && w.sessionContext && w.sessionContext.session
+                    && w.sessionContext.session.kernel;
+                return !!k && k.connectionStatus === 'connected' && k.status === 'idle';
+                }"""
+            )
+        )
+
+    wait(page, kernel_ready, "the notebook and an idle kernel", 90)
 
 
 def _text(page: Any, selector: str) -> str:
@@ -77,29 +102,9 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1900})
             page.goto(url, wait_until="domcontentloaded", timeout=90_000)
-            _wait(
-                page,
-                lambda: page.evaluate("() => !!(window.jupyterapp && window.jupyterapp.shell)"),
-                "the application to load",
-            )
-
-            def kernel_ready() -> bool:
-                _accept_dialogs(page)
-                return bool(page.locator(".jp-Notebook .jp-Cell").count()) and bool(
-                    page.evaluate(
-                        """() => {
-                        const w = window.jupyterapp.shell.currentWidget;
-                        const k = w && w.sessionContext && w.sessionContext.session
-                            && w.sessionContext.session.kernel;
-                        return !!k && k.connectionStatus === 'connected'
-                            && k.status === 'idle';
-                        }"""
-                    )
-                )
-
-            _wait(page, kernel_ready, "the notebook and an idle kernel", 90)
+            wait_kernel_idle(page)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            _wait(
+            wait(
                 page,
                 lambda: page.evaluate(LINES_D) and all(page.evaluate(LINES_D)[:1]),
                 "bqplot lines with data",
@@ -107,7 +112,7 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
             )
             page.add_style_tag(content=".Toastify { display: none !important; }")
             # The kernels table names the demo notebook (the server's kernel_usage[].path).
-            kernels = _wait(
+            kernels = wait(
                 page,
                 lambda: "demo.ipynb" in (t := _text(page, ".sysmon-kernels")) and t,
                 "the kernels table to show demo.ipynb (needs kernel_usage[].path)",
@@ -115,7 +120,7 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
             )
             assert "idle" in kernels or "busy" in kernels, kernels
             # The seam's oom_kill event, as the widget words it.
-            _wait(
+            wait(
                 page,
                 lambda: (
                     "kernel of demo.ipynb killed: out of memory" in _text(page, ".sysmon-alerts")
@@ -124,7 +129,7 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
                 60,
             )
             first = page.evaluate(LINES_D)
-            second = _wait(
+            second = wait(
                 page,
                 lambda: (d := page.evaluate(LINES_D)) != first and d,
                 "the lines to change with a new sample",
@@ -152,7 +157,7 @@ def run_demo_in_browser(url: str, shot: Path) -> tuple[list[str], list[str]]:
 def test_demo_notebook_draws_moving_charts_in_chromium(
     app: str, jupyter: Any, tmp_path: Path
 ) -> None:
-    _need_chromium()
+    need_chromium()
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(ROOT / "notebooks" / "demo.ipynb", root / "demo.ipynb")

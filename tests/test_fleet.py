@@ -4,8 +4,10 @@ against the simulated hub of benchmarks/fleet_sim.py (pagination, bounded openin
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +19,7 @@ from sysmon_nb import fleet_table
 from sysmon_nb.discovery import DiscoveryError, discover_hub
 from sysmon_nb.fleet import FleetClient, FleetServer, Summary, missing_scopes, summarize
 from sysmon_nb.fleet_table import FleetView, render
-from sysmon_nb.protocol import Status
+from sysmon_nb.protocol import History, Status
 
 from .conftest import eventually
 from .servers import free_port
@@ -102,6 +104,32 @@ def test_the_table_sorts_heaviest_first_and_flags_rows_over_90() -> None:
     assert "<td>&lt;x&gt;</td>" in render([row("<x>")], "cpu")
 
 
+def test_the_views_summary_counts_streaming_and_refused_servers() -> None:
+    from sysmon_nb.client import ConnectionState, StatusClient
+
+    fleet = FleetClient("http://hub/", "secret-token")
+    servers = {"ann": "connected", "bo": "connected", "cy": "refused", "di": "reconnecting"}
+    for user, phase in servers.items():
+        server = fleet.servers[(user, "")] = row(user, cpu_percent=1.0)
+        server.client = StatusClient(server.url, "secret-token")
+        server.client.state = ConnectionState(phase)  # type: ignore[arg-type]
+    fleet.servers[("ed", "")] = row("ed", "stopped")
+    fleet.servers[("bo", "")].received_at = None  # connected, no sample yet
+    with counting_comms():
+        view = FleetView(fleet)
+        assert repr(view) == (
+            "<sysmon fleet http://hub/: 5 servers, 4 ready, 1 streaming, 1 refused>"
+        )
+        fleet.listing_error = "HTTP 502"
+        view.redraw()
+        assert view.header.value.endswith(
+            "4 ready, 1 streaming, 1 refused; the hub did not answer: HTTP 502"
+        )
+        view.error = "refused: this token cannot watch the hub's servers"
+        assert repr(view).endswith(": stopped: refused: this token cannot watch the hub's servers>")
+    assert "secret-token" not in repr(view) + view.header.value
+
+
 def test_discover_hub_reads_its_two_variables_and_never_the_kernels_token() -> None:
     target = discover_hub(environ={"SYSMON_HUB_URL": "http://h/", "SYSMON_HUB_TOKEN": "t"})
     assert (target.url, target.token, target.source) == ("http://h/", "t", "SYSMON_HUB_URL")
@@ -170,6 +198,54 @@ async def test_every_page_listed_and_opening_bounded(simulated_hub: str) -> None
     assert all(s.task is None for s in fleet.servers.values())
 
 
+def held_between_frames(fleet: FleetClient) -> tuple[int, list[str]]:
+    """What the suspended readers of ``fleet`` (FleetClient._stream, StatusClient.__aiter__
+    and .messages) hold of a frame or a sample while they wait for the next frame:
+    (readers found, locals holding something)."""
+    clients = [s.client for s in fleet.servers.values() if s.client is not None]
+    readers, held = 0, []
+    for obj in gc.get_objects():
+        if type(obj) is types.AsyncGeneratorType:  # type(): no weak proxy is woken
+            frame, code = obj.ag_frame, obj.ag_code
+        elif type(obj) is types.CoroutineType:
+            frame, code = obj.cr_frame, obj.cr_code
+        else:
+            continue
+        if frame is None or code.co_name not in ("_stream", "__aiter__", "messages"):
+            continue
+        local = frame.f_locals
+        owner = local.get("server").client if code.co_name == "_stream" else local.get("self")
+        if not any(owner is c for c in clients):
+            continue
+        readers += 1
+        for name, value in local.items():
+            if (
+                isinstance(value, (Status, History))
+                or (isinstance(value, str) and '"status"' in value)
+                or (isinstance(value, list) and value)
+            ):
+                held.append(f"{code.co_name}: {name}")
+    return readers, held
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("simulated_hub", [(5, 0.2)], indirect=True)
+async def test_between_frames_a_server_costs_its_summary_not_its_sample(
+    simulated_hub: str,
+) -> None:
+    fleet = FleetClient(simulated_hub, TOKEN, refresh_interval=60)
+    task = asyncio.get_running_loop().create_task(fleet.run())
+    try:
+        await eventually(
+            lambda: len(fleet.servers) == 5 and all(s.samples >= 3 for s in fleet.servers.values()),
+            timeout=30,
+        )
+        assert held_between_frames(fleet) == (15, [])  # three readers per server
+        assert all(s.summary is not None for s in fleet.servers.values())
+    finally:
+        await stopped(task)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("simulated_hub", [(20, 0.2)], indirect=True)
 async def test_the_view_redraws_once_per_interval_not_per_sample(
@@ -222,8 +298,12 @@ def test_the_fleet_notebook_shows_every_server(simulated_hub: str, tmp_path: Any
 
     nb = nbformat.read(ROOT / "notebooks" / "fleet.ipynb", as_version=4)
     nb.cells.append(new_code_cell(CHECK_FLEET))
+    nb.cells.append(new_code_cell("%sysmon status"))
     env = isolated_env(tmp_path, SYSMON_HUB_URL=simulated_hub, SYSMON_HUB_TOKEN=TOKEN)
     execute(nb, tmp_path, env)
-    assert outputs_text(nb.cells[-1]).splitlines() == ["heaviest 13 12", "memory 13 12"]
+    assert outputs_text(nb.cells[-2]).splitlines() == ["heaviest 13 12", "memory 13 12"]
+    # %sysmon status lists both fleet views, never the token
+    views = f"<sysmon fleet {simulated_hub}: 12 servers, 12 ready, 12 streaming>"
+    assert outputs_text(nb.cells[-1]).splitlines() == [views, views]
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert errors == []

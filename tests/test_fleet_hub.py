@@ -1,5 +1,7 @@
 """The fleet against a real JupyterHub (tests/hub.py): six servers of five users, an
-admin's token, a user's token, and read-only ``custom:sysmon:read`` tokens.
+admin's token, a user's token, and read-only ``custom:sysmon:read`` tokens; and
+notebooks/fleet.ipynb in JupyterLab in Chromium against the same hub (one hub for the
+module: starting six servers is the slow part).
 
 Users: ``ada`` is a hub admin; ``rita`` reads sysmon through the ``readers`` group
 (role ``sysmon-reader``: ``custom:sysmon:read``, ``list:users``, ``read:servers``);
@@ -11,20 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
+from benchmarks.widget import counting_comms
+from sysmon_nb import magic
 from sysmon_nb.fleet import FleetClient, FleetRefusedError
+from sysmon_nb.fleet_table import FleetView
 from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
 
 from .conftest import eventually, recv_json, recv_type
 from .hub import Hub
+from .servers import ROOT, TOKEN, isolated_env
+from .test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, need_chromium, wait, wait_kernel_idle
 
 REVALIDATE_INTERVAL = 1.0
 RUNNING = [("ben", ""), ("ben", "gpu"), ("cat", ""), ("dan", ""), ("eve", ""), ("fay", "")]
@@ -37,7 +47,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         tmp_path_factory.mktemp("fleet-hub"),
         users={"ada", "rita", "ben", "cat", "dan", "eve", "fay", "gus"},
         admins={"ada"},
-        groups={"readers": {"users": ["rita"]}},
+        groups={"readers": {"users": ["rita"]}, "gpu-users": {"users": ["ben"]}},
         roles=[{"name": "sysmon-reader", "scopes": READER_SCOPES, "groups": ["readers"]}],
         sysmon={
             "interval": 0.5,
@@ -156,9 +166,16 @@ async def test_a_users_own_token_is_refused_naming_the_scopes(hub: Hub) -> None:
         await asyncio.wait_for(FleetClient(hub.url, token).run(), 30)
 
 
+def not_allowing(hub: Hub, user: str) -> int:
+    """How many times the single-user servers logged the hub provider's refusal of
+    ``user`` (their output goes to the hub's log)."""
+    return hub.log_path.read_text(errors="replace").count(f"Not allowing user {user}")
+
+
 @pytest.mark.timeout(180)
 async def test_a_read_only_token_streams_every_server_and_nothing_else(hub: Hub) -> None:
     token = hub.new_token("rita", READER_SCOPES)["token"]
+    refusals_logged = not_allowing(hub, "rita")
     fleet = FleetClient(hub.url, token, refresh_interval=1.0)
     task = await watch(fleet)
     try:
@@ -171,9 +188,13 @@ async def test_a_read_only_token_streams_every_server_and_nothing_else(hub: Hub)
     # the same token reads sysmon's latest sample, and nothing else on the server
     code, body = get(hub, "user/ben/sysmon/api/status", token)
     assert code == 200 and "cpu" in json.loads(body)
+    # a reader on the sysmon routes is not a refusal: no "Not allowing user" line
+    assert not_allowing(hub, "rita") == refusals_logged
     for path in ("user/ben/api/kernels", "user/ben/api/contents", "user/ben/gpu/api/sessions"):
         code, _ = get(hub, path, token)
         assert code == 403, path
+    # ...while every other route refuses it as the hub's provider does, with that line
+    await eventually(lambda: not_allowing(hub, "rita") >= refusals_logged + 3, timeout=10)
     code, _ = hub.api("GET", "/users", token=token)
     assert code == 200
 
@@ -193,6 +214,11 @@ async def test_read_only_refusals_filters_and_revocation(hub: Hub) -> None:
     async with connect(hub, ben_default, "ben") as ws:
         assert (await recv_json(ws, timeout=30))["type"] == "hello"
     assert (await refused(hub, ben_default, "ben", "gpu"))[0] == 403
+    # filtered to a group holding ben: refused, the server cannot resolve a group (fail closed)
+    by_group = hub.new_token("rita", ["custom:sysmon:read!group=gpu-users"])["token"]
+    code, body = await refused(hub, by_group, "ben")
+    assert code == 403 and "needs access:servers or custom:sysmon:read!server=ben/" in body
+    assert get(hub, "user/ben/sysmon/api/status", by_group)[0] == 403
     # without the scope: refused, and no other route lets it in either
     no_read = hub.new_token("rita", ["read:servers"])["token"]
     assert (await refused(hub, no_read, "ben"))[0] == 403
@@ -222,3 +248,179 @@ async def test_read_only_refusals_filters_and_revocation(hub: Hub) -> None:
             assert (code, reason) == (CLOSE_NOT_ADMIN, "no longer holds custom:sysmon:read")
     finally:
         hub.api("POST", "/groups/readers/users", {"users": ["rita"]})
+
+
+@pytest.mark.timeout(180)
+async def test_picking_a_server_opens_its_dashboard_fed_by_that_server(hub: Hub) -> None:
+    picked, other = ("ben", "gpu"), ("cat", "")
+    with counting_comms():
+        fleet = FleetClient(hub.url, hub.new_token("ada")["token"], refresh_interval=1.0)
+        view = FleetView(fleet, interval=0.5).start()
+        try:
+            await eventually(lambda: streaming(fleet, [picked, other]), timeout=60)
+            await eventually(lambda: ("ben", "gpu") in [o[1] for o in view.pick.options])
+            view.pick.value = picked  # what selecting it in the front end does
+            monitor = view.monitor
+            assert monitor is not None and view.detail.children[1] is monitor.dashboard
+            label = view.detail.children[0].value
+            assert (
+                label.startswith("<b>dashboard of ben/gpu</b> http://")
+                and "/user/ben/gpu/" in label
+            )
+            assert monitor.client.url == f"ws://127.0.0.1:{hub.public_port}/user/ben/gpu/sysmon/ws"
+            await eventually(lambda: len(monitor.dashboard.samples) >= 2, timeout=60)
+            # the samples come from that server process (its hello's server_id), no other
+            hello, fleet_hello = monitor.client.hello, fleet.servers[picked].client.hello
+            assert hello is not None and fleet_hello is not None
+            assert hello.server_id == fleet_hello.server_id is not None
+            other_hello = fleet.servers[other].client.hello
+            assert other_hello is not None and other_hello.server_id != hello.server_id
+            assert monitor in magic.running  # listed by %sysmon status
+
+            view.pick.value = other  # another server: the first dashboard stops
+            second = view.monitor
+            assert second is not None and second is not monitor
+            assert view.detail.children[1] is second.dashboard
+            assert "<b>dashboard of cat</b>" in view.detail.children[0].value
+            await eventually(lambda: monitor.task.done() and len(second.dashboard.samples) >= 1,
+                             timeout=60)  # fmt: skip
+            view.pick.value = None
+            assert view.monitor is None and view.detail.children == ()
+            await eventually(lambda: second.task.done())
+        finally:
+            await view.wait_stopped()
+    assert all(s.task is None for s in fleet.servers.values())
+
+
+@pytest.mark.timeout(180)
+async def test_the_views_status_counts_servers_a_filtered_token_may_not_read(hub: Hub) -> None:
+    token = hub.new_token("rita", ["custom:sysmon:read!user=ben", "list:users", "read:servers"])
+    with counting_comms():
+        fleet = FleetClient(hub.url, token["token"], refresh_interval=1.0)
+        view = FleetView(fleet, interval=0.5).start()
+        try:
+            await eventually(lambda: fleet.listings > 0, timeout=30)
+            ready = [k for k, s in fleet.servers.items() if s.hub_state == "ready"]
+            bens = [k for k in ready if k[0] == "ben"]
+            assert len(bens) == 2 and len(ready) > 2
+            await eventually(lambda: streaming(fleet, bens), timeout=60)
+            others = [fleet.servers[k] for k in ready if k[0] != "ben"]
+            await eventually(lambda: all(s.client is None or s.client.state.phase == "refused"
+                                         for s in others), timeout=60)  # fmt: skip
+            assert view.describe() == (
+                f"{len(fleet.servers)} servers, {len(ready)} ready, 2 streaming,"
+                f" {len(ready) - 2} refused"
+            )
+            assert "refused: HTTP 403" in others[0].state()
+            view.redraw()
+            assert f"{len(ready) - 2} refused" in view.header.value
+        finally:
+            await view.wait_stopped()
+
+
+FLEET_ROWS = """() => Array.from(document.querySelectorAll('table.sysmon-fleet')).map(
+    t => Array.from(t.querySelectorAll('tr')).slice(1).map(
+        r => [r.className, ...Array.from(r.cells).map(c => c.innerText)]))"""
+
+
+def hub_servers(hub: Hub) -> dict[tuple[str, str], bool]:
+    """Every (user, server) the hub lists, stopped default servers included: ready?"""
+    code, users = hub.api("GET", "/users?include_stopped_servers=1")
+    assert code == 200 and isinstance(users, list)
+    listed = {}
+    for user in users:
+        servers = user.get("servers") or {}
+        if "" not in servers:
+            listed[(user["name"], "")] = False
+        for name, server in servers.items():
+            listed[(user["name"], name)] = bool(server.get("ready"))
+    return listed
+
+
+@pytest.mark.timeout(300)
+def test_the_fleet_notebook_in_jupyterlab_shows_a_row_per_server(
+    hub: Hub, jupyter: Any, tmp_path: Path
+) -> None:
+    """fleet.ipynb run in JupyterLab in Chromium, the kernel holding an admin's token:
+    both tables list every server of the hub, each ready one streaming; picking one
+    under "dashboard" draws its charts below."""
+    from playwright.sync_api import sync_playwright
+
+    need_chromium()
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(ROOT / "notebooks" / "fleet.ipynb", root / "fleet.ipynb")
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = isolated_env(
+        tmp_path,
+        PYTHONPATH=pythonpath,
+        SYSMON_HUB_URL=f"{hub.url}/",
+        SYSMON_HUB_TOKEN=hub.new_token("ada")["token"],
+    )
+    lab = jupyter("--LabApp.expose_app_in_browser=True", app="jupyterlab", root_dir=root,
+                  interval=None, env=env)  # fmt: skip
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1600})
+            page.goto(f"{lab.url}lab/tree/fleet.ipynb?token={TOKEN}", timeout=90_000)
+            wait_kernel_idle(page)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.add_style_tag(content=".Toastify { display: none !important; }")
+
+            def full_tables() -> Any:
+                expected = hub_servers(hub)
+                tables = page.evaluate(FLEET_ROWS)
+                if len(tables) != 2:
+                    return None
+                for rows in tables:
+                    shown = {(r[1], r[2]): r for r in rows}
+                    if len(rows) != len(expected) or set(shown) != set(expected):
+                        return None
+                    for key, ready in expected.items():
+                        row = shown[key]
+                        live = row[3] == "connected" and row[4] != "" and row[0] != "d"
+                        if live != ready:
+                            return None
+                return tables
+
+            tables = wait(page, full_tables, "a row per server, each ready one streaming", 120)
+            assert sum(r[0] != "d" for r in tables[0]) >= 5  # at least five servers live
+            header = page.locator(".jp-OutputArea-output:has(table.sysmon-fleet)").first
+            assert " ready, " in header.inner_text() and " streaming" in header.inner_text()
+            # pick ben's gpu server in the first view's "dashboard" list: its charts below
+            first_view = page.locator(".jp-OutputArea-output:has(table.sysmon-fleet)").first
+            first_view.locator(".widget-dropdown select").nth(1).select_option(label="ben/gpu")
+            wait(
+                page,
+                lambda: first_view.locator(".bqplot path.line").count()
+                and all(first_view.evaluate(
+                    "o => Array.from(o.querySelectorAll('.bqplot path.line'))"
+                    ".slice(0, 1).map(p => p.getAttribute('d') || '')")),
+                "the picked server's charts to draw",
+                90,
+            )  # fmt: skip
+            assert "dashboard of ben/gpu" in first_view.inner_text()
+            # The picture: the table, the picked server's header and its first chart.
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            first_view.evaluate("o => o.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(1500)
+            box = first_view.bounding_box()
+            chart = first_view.locator(".bqplot").first.bounding_box()
+            assert box is not None and chart is not None
+            bottom = chart["y"] + chart["height"] + 36  # its legend, under it
+            clip = {
+                "x": box["x"],
+                "y": box["y"],
+                "width": box["width"],
+                "height": bottom - box["y"],
+            }
+            page.screenshot(path=str(SHOTS / "fleet.png"), clip=clip)
+            page.screenshot(path=str(SHOTS / "fleet-page.png"))
+            errors = page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
+            assert errors == 0, "a cell failed in the browser"
+        finally:
+            browser.close()
+    assert (SHOTS / "fleet.png").stat().st_size > 10_000

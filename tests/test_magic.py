@@ -231,3 +231,30 @@ def test_a_jwt_admin_gets_samples_and_an_expired_jwt_is_refused_for_good(
     assert "stopped 3 dashboard(s)" in outputs_text(nb.cells[9])
     # The expired JWT was tried once, never again.
     assert server.log_path.read_text().count("refused a bearer JWT") == 1
+
+
+FLEET_USAGE_ERRORS = [
+    ("%sysmon --fleet", "the fleet view needs the hub's public URL and a token"),
+    ("%sysmon --fleet --url http://127.0.0.1:9/", "set SYSMON_HUB_URL and SYSMON_HUB_TOKEN"),
+    ("%sysmon --fleet --url ftp://hub/ --token-env HUB_TOKEN", "not a hub URL: 'ftp://hub/'"),
+]
+
+
+@pytest.mark.timeout(120)
+def test_fleet_usage_errors_are_messages_and_start_nothing(tmp_path: Path) -> None:
+    nb = notebook(
+        "%load_ext sysmon_nb",
+        *(line for line, _ in FLEET_USAGE_ERRORS),
+        "import asyncio, sysmon_nb.fleet_table as ft\n"
+        "print(len(ft.running_fleets),"
+        " len([t for t in asyncio.all_tasks() if t.get_name().startswith('sysmon')]))",
+        "%sysmon status",
+    )
+    execute(nb, tmp_path, isolated_env(tmp_path, HUB_TOKEN="t"), allow_errors=True)
+    for cell, (line, message) in zip(nb.cells[1:], FLEET_USAGE_ERRORS):
+        text = outputs_text(cell)
+        assert "UsageError" in text and message in text, (line, text)
+        assert "Traceback" not in text
+        assert all(o["output_type"] != "display_data" for o in cell.outputs), line
+    assert outputs_text(nb.cells[-2]).split() == ["0", "0"]
+    assert outputs_text(nb.cells[-1]).strip() == "sysmon: no dashboard running"
