@@ -63,7 +63,9 @@ from .protocol import (
     ProtocolError,
     ServerMessage,
     Status,
+    Subscribe,
     decode,
+    encode,
 )
 
 log = logging.getLogger("sysmon_nb.client")
@@ -218,9 +220,10 @@ class StatusClient:
     ``url`` is the server's URL (or its ``sysmon/ws`` URL); ``token`` goes in the
     ``Authorization`` header, as ``Bearer`` when it is a JWT and ``token`` otherwise;
     ``scheme`` (``"token"`` or ``"bearer"``) overrides that guess. ``metrics`` picks
-    groups (empty: all); ``history`` asks for that many past samples on the first
-    connection; ``open_limit``, a semaphore shared by many clients, is held while
-    opening a connection. ``on_state`` is called with each
+    groups (empty: all) and ``exclude`` drops groups from what the server offers;
+    ``history`` asks for that many past samples on the first connection;
+    ``open_limit``, a semaphore shared by many clients, is held while opening a
+    connection. ``on_state`` is called with each
     :class:`ConnectionState`. Iterate it with ``async for``; cancel the iterating task
     (or ``aclose()`` the iterator) to stop: the socket is closed on the way out.
     """
@@ -232,6 +235,7 @@ class StatusClient:
         *,
         scheme: str | None = None,
         metrics: Iterable[str] = (),
+        exclude: Iterable[str] = (),
         history: int = 0,
         max_catch_up: int = MAX_CATCH_UP,
         on_state: Callable[[ConnectionState], None] | None = None,
@@ -244,6 +248,8 @@ class StatusClient:
         self._token = token
         self._headers = {"Authorization": authorization(token, scheme)} if token else {}
         self.metrics = tuple(metrics)
+        #: Groups never streamed, whatever the server offers (see :meth:`_narrow`).
+        self.exclude = frozenset(exclude)
         self.history = max(0, int(history))
         self.max_catch_up = max(0, int(max_catch_up))
         self.on_state = on_state
@@ -335,6 +341,7 @@ class StatusClient:
                             continue
                         if isinstance(message, Hello):
                             attempt = 0
+                            await self._narrow(ws, message)
                         yield message
                         del message
                 except websockets.ConnectionClosed:
@@ -347,6 +354,15 @@ class StatusClient:
             attempt = await self._wait(attempt, f"connection closed ({code} {why})".strip())
 
     # -- internals -------------------------------------------------------------------
+
+    async def _narrow(self, ws: Any, hello: Hello) -> None:
+        """Subscribe to what the server streams less ``exclude``: a client that wants
+        "everything but the process list" cannot name groups a server may not have, so it
+        takes the server's offer and drops the rest (which lets the server skip the
+        process walk nobody reads)."""
+        keep = tuple(g for g in hello.subscribed if g not in self.exclude)
+        if keep and len(keep) < len(hello.subscribed):  # an empty list would mean "all"
+            await ws.send(encode(Subscribe(metrics=keep)))
 
     def _url_for_attempt(self) -> str:
         query: dict[str, Any] = {}

@@ -32,6 +32,7 @@ from sysmon_nb.protocol import (
     Hello,
     History,
     Status,
+    Subscribed,
     encode,
 )
 
@@ -141,6 +142,21 @@ async def test_receives_hello_then_status_from_a_real_server(
     assert second.seq > first.seq
     assert states == ["connected"]
     await eventually(lambda: not sysmon.connections)  # closing the stream closed the socket
+
+
+async def test_excluded_groups_are_dropped_from_what_the_server_offers(
+    client_for: Callable[..., StatusClient], sysmon: Any
+) -> None:
+    """``exclude`` narrows the subscription after hello: the server then streams, and so
+    samples (``wanted``), everything but the excluded groups."""
+    client = client_for(exclude=("processes", "users"))
+    messages = await take(client.messages(), 8)
+    subscribed = [m for m in messages if isinstance(m, Subscribed)]
+    assert len(subscribed) == 1
+    assert set(subscribed[0].metrics) == set(sysmon.metrics) - {"processes", "users"}
+    after = [m for m in messages[messages.index(subscribed[0]) :] if isinstance(m, Status)]
+    assert after and all(not {"processes", "users"} & set(s.groups) for s in after)
+    assert "cpu" in after[-1].groups
 
 
 async def test_history_comes_first_oldest_first(
