@@ -137,11 +137,22 @@ class ReaderIdentityProvider:
 
 
 def with_readers(identity_provider: Any) -> Any:
-    """``identity_provider`` for the sysmon routes: wrapped under JupyterHub (it has a
-    ``hub_auth``), unchanged otherwise."""
-    if getattr(identity_provider, "hub_auth", None) is None:
+    """``identity_provider`` for the sysmon routes: wrapped under JupyterHub (its
+    ``hub_auth`` is JupyterHub's ``HubAuth``), unchanged otherwise: another provider that
+    happens to have a ``hub_auth`` admits no reader."""
+    if not _is_jupyterhub_auth(getattr(identity_provider, "hub_auth", None)):
         return identity_provider
     return ReaderIdentityProvider(identity_provider)
+
+
+def _is_jupyterhub_auth(hub_auth: Any) -> bool:
+    if hub_auth is None:
+        return False
+    try:
+        from jupyterhub.services.auth import HubAuth
+    except ImportError:
+        return False
+    return isinstance(hub_auth, HubAuth)
 
 
 async def recheck_reader(hub_auth: Any, token: str, user: HubReader) -> tuple[int, str] | None:

@@ -82,7 +82,11 @@ class JupyterProcess:
             env=env if env is not None else isolated_env(tmp),
             cwd=tmp,
         )
-        self.wait_ready(ready_path)
+        try:
+            self.wait_ready(ready_path)
+        except BaseException:
+            self.stop()  # a server that never got ready is still a process to end
+            raise
 
     def get(self, path: str) -> tuple[int, bytes]:
         request = urllib.request.Request(
