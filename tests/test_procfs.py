@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -276,10 +278,8 @@ def open_fds() -> set[str]:
     """The targets of this process's open descriptors (``/proc/self/fd``)."""
     fds = set()
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):  # the descriptor listdir itself used
             fds.add(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass  # the descriptor listdir itself used
     return fds
 
 
@@ -361,8 +361,6 @@ def test_process_table_holds_stat_files_between_ticks() -> None:
 def test_a_walk_in_progress_closes_the_files_a_close_asked_for() -> None:
     """``close()`` from another thread (a pause while a walk is stuck in a read) leaves
     the files to the walk, which closes them when it returns."""
-    import threading
-
     first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     second = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     table = ProcessTable()
