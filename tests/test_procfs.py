@@ -405,3 +405,19 @@ def test_system_collectors_close_their_held_files() -> None:
         collector.close()
     assert not (held & open_fds())
     assert not any(t.endswith("/net/dev") for t in open_fds())
+
+
+def test_held_stat_files_stay_within_a_share_of_the_file_limit() -> None:
+    import resource
+
+    from jupyter_server_ext.processes import MAX_HELD_FILES, held_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (800, hard))
+        assert held_files_limit() == 100
+        assert ProcessTable()._max_held == 100
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
+        assert held_files_limit() == min(MAX_HELD_FILES, min(hard, 1 << 16) // 8)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
