@@ -161,10 +161,10 @@ class ProcessTable:
                 os.close(entry.fd)
                 entry.fd = -1
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         for entry in getattr(self, "_tracked", {}).values():
             if entry.fd >= 0:
-                os.close(entry.fd)
+                _close(entry.fd)
                 entry.fd = -1
 
     def _forget(self, pid: int) -> None:
