@@ -99,8 +99,9 @@ class HeldFile:
             os.close(fd)
 
     def __del__(self, _close: Callable[[int], None] = os.close) -> None:
-        fd, self._fd = self._fd, -1
+        fd = getattr(self, "_fd", -1)  # unset if __init__ failed
         if fd >= 0:
+            self._fd = -1
             _close(fd)
 
 
