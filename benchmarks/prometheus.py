@@ -10,7 +10,9 @@ same CPU's rate with no scrape (read just before), per scrape:
 - our scrape: the jupyter server's event-loop thread, where ``/metrics`` is served from
   start to end (the sampler's thread is left out, so its ticks add no noise); the whole
   ``/metrics``, jupyter_server's own metrics and ours, and the same for a server with
-  ``prometheus = False`` (jupyter_server's alone), so that what sysmon adds shows;
+  ``prometheus = False`` (jupyter_server's alone), so that what sysmon adds shows, and
+  for a server without the extension at all (what the goal's 2 ms leaves to sysmon:
+  jupyter_server's own ``/metrics`` takes most of it);
 - node_exporter's scrape: its whole process (Go: the work spreads over threads);
 - the sampler tick that feeds it, in this process (median CPU, as part 1), with the
   collectors a server makes by default (``processes`` with its top-5 lists and
@@ -201,6 +203,12 @@ def run(bench: Bench) -> list[Result]:
             name="jupyter_server without sysmon's metrics",
         )
         servers.append(bare)
+        plain = jupyter_server(
+            bench.workdir,
+            extensions={"jupyter_server_ext": False, "jupyter_resource_usage": False},
+            name="jupyter_server without sysmon",
+        )
+        servers.append(plain)
         theirs = node_exporter(bench.workdir)
         if theirs is not None:
             servers.append(theirs)
@@ -226,15 +234,17 @@ def run(bench: Bench) -> list[Result]:
         for server in servers:
             server.stop()
     ours_ms, bare_ms = tallies[0].ms_per_scrape, tallies[1].ms_per_scrape
-    node_ms = tallies[2].ms_per_scrape if theirs is not None else None
+    plain_ms = tallies[2].ms_per_scrape
+    node_ms = tallies[3].ms_per_scrape if theirs is not None else None
     print(
         f"  {scrapes} scrapes each: sysmon-nb /metrics {ours_ms:.3g} ms "
         f"({scrapers[0].bytes} B), the same server without sysmon's metrics {bare_ms:.3g} ms "
-        f"({scrapers[1].bytes} B); sampler tick a scrape causes (users from the walk, no "
+        f"({scrapers[1].bytes} B), jupyter_server without the extension {plain_ms:.3g} ms "
+        f"({scrapers[2].bytes} B); sampler tick a scrape causes (users from the walk, no "
         f"top lists) {ticks.scrape_fed:.3g} ms, with every group watched {ticks.watched:.3g} "
         f"ms, without the walk {ticks.lean:.3g} ms; collector alone {ticks.collector:.3g} ms; "
         + (
-            f"node_exporter {node_ms:.3g} ms ({scrapers[2].bytes} B gzip)"
+            f"node_exporter {node_ms:.3g} ms ({scrapers[3].bytes} B gzip)"
             if node_ms is not None
             else f"node_exporter not measured ({NODE_EXPORTER} is not installed)"
         ),
@@ -260,6 +270,14 @@ def run(bench: Bench) -> list[Result]:
             "ms",
             bare_ms,
             "/metrics without sysmon",
+        ),
+        Result(
+            "prometheus",
+            "jupyter_server's own /metrics, without the sysmon extension",
+            plain_ms,
+            "ms",
+            node_ms,
+            "node_exporter scrape",
         ),
         Result(
             "prometheus",
