@@ -145,13 +145,13 @@ class ProcessTable:
     def close(self) -> None:
         """Close the held files and forget every process. Idempotent; safe while a walk
         is in progress on another thread (a stuck one closes them when it returns)."""
+        self._close_pending = True  # first: a walk that holds the lock sees it when done
         if self._lock.acquire(blocking=False):
             try:
+                self._close_pending = False
                 self._release()
             finally:
                 self._lock.release()
-        else:
-            self._close_pending = True
 
     def _release(self) -> None:
         tracked, self._tracked = self._tracked, {}
