@@ -21,11 +21,13 @@ same CPU's rate with no scrape (read just before), per scrape:
   ``users`` needs the walk, ``processes``'s top lists are never exported so its group
   is not sampled); the goal is on this tick. Beside it, the tick while someone watches
   every group (both top lists and ``users`` from the walk), and a tick without the
-  walk at all (``top_processes = 0``, no ``users``);
+  walk at all (``top_processes = 0``, no ``users``). A tick is the sampler's: its
+  collectors, the hand-off to its runner thread and the sample; not the server's own
+  handling of the sample on its loop (alerts, the broadcast);
 - our collector alone: ``generate_latest`` of the sysmon families of a real sample, in
   this process (no HTTP, no jupyter_server metrics).
 
-Goals: our scrape <= 2 ms; sampler tick + scrape <= 0.5x node_exporter's scrape.
+Goals: our scrape <= 2 ms; the tick a scrape causes + scrape <= 0.5x node_exporter's scrape.
 """
 
 from __future__ import annotations
