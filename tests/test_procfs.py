@@ -421,3 +421,23 @@ def test_held_stat_files_stay_within_a_share_of_the_file_limit() -> None:
         assert held_files_limit() == min(MAX_HELD_FILES, min(hard, 1 << 16) // 8)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_jupyter_collector_closes_the_stat_files_of_kernel_trees() -> None:
+    from jupyter_server_ext.collectors import JupyterCollector, JupyterCounts, KernelRef
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    counts = JupyterCounts(
+        kernels=(KernelRef("k1", "python3", child.pid),), terminals=0, sessions=0
+    )
+    jupyter = JupyterCollector(lambda: counts)
+    try:
+        (usage,) = jupyter.collect(time.monotonic())["kernel_usage"]
+        assert usage["rss_bytes"] > 0
+        assert stat_files(child.pid) == {f"/proc/{child.pid}/stat"}
+        jupyter.close()
+        assert stat_files(child.pid) == set()
+    finally:
+        child.kill()
+        child.wait(10)
+        jupyter.close()
