@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import psutil
 
@@ -58,6 +58,26 @@ def default_sampler(top_processes: int) -> Sampler:
     return Sampler(collectors, 1.0, lambda status: None, "bench")
 
 
+def server_sampler(wanted: Collection[str] | None = None) -> Sampler:
+    """The collectors a server with the default settings makes (``top_processes=5``,
+    ``top_users=10``, one process walk for both groups), asking ``wanted`` each tick
+    which groups someone wants, as the server does (``None``: every group)."""
+    walk = ProcessWalk()
+    collectors: list[Collector] = [
+        CpuCollector(),
+        MemoryCollector(),
+        DiskCollector(),
+        NetworkCollector(),
+        ProcessesCollector(top_n=5, walk=walk),
+        UsersCollector(top_n=10, walk=walk),
+        ContainerCollector(),
+        GpuCollector(),
+        JupyterCollector(_no_kernels),
+    ]
+    ask = None if wanted is None else (lambda: wanted)
+    return Sampler(collectors, 1.0, lambda status: None, "bench", wanted=ask)
+
+
 def floor_tick(mounts: list[str]) -> Callable[[], object]:
     def tick() -> object:
         psutil.cpu_times(percpu=True)
@@ -90,16 +110,20 @@ def alternate(
 ) -> tuple[list[float], list[float]]:
     """CPU ms of ``a`` and ``b``, run in turn (in a random order each round), so that
     noise and cache effects fall on both alike."""
-    times_a, times_b = [], []
-    for _ in range(rounds):
-        if random.random() < 0.5:
-            times_a.append(cpu_ms(a))
-            times_b.append(cpu_ms(b))
-        else:
-            times_b.append(cpu_ms(b))
-            times_a.append(cpu_ms(a))
-        time.sleep(0.01)
+    times_a, times_b = alternate_all([a, b], rounds)
     return times_a, times_b
+
+
+def alternate_all(fns: Sequence[Callable[[], object]], rounds: int) -> list[list[float]]:
+    """CPU ms of each of ``fns``, run in turn in a new random order each round."""
+    times: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for _ in range(rounds):
+        random.shuffle(order)
+        for index in order:
+            times[index].append(cpu_ms(fns[index]))
+        time.sleep(0.01)
+    return times
 
 
 def run(bench: Bench) -> list[Result]:

@@ -18,21 +18,27 @@ cgroup since it was created (v2 ``memory.events``, v1 ``memory.oom_control``, ke
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CollectorError
 from .pressure import read_some_avg10
+from .procfs import HeldFile
 
 #: v1 reports "no limit" as a huge page-rounded number; anything above this is unlimited.
 _V1_UNLIMITED = 1 << 62
 
 
 class ContainerCollector:
-    """``container``: cgroup version, memory limit and use, CPU quota in cores."""
+    """``container``: cgroup version, memory limit and use, CPU quota in cores.
+
+    Which files to read is worked out once, on the first tick (a server does not move
+    between cgroups, nor do controllers come and go); each is then a
+    :class:`~.procfs.HeldFile`, kept open and read again each tick. A file that does
+    not exist is looked for again each tick.
+    """
 
     name = "container"
 
@@ -44,6 +50,9 @@ class ContainerCollector:
         self._own_dirs: dict[Path, Path] = {}
         self._version: int | bool | None = False  # False: not looked yet
         self._last_counters: tuple[float, CpuCounters] | None = None
+        self._files: dict[Path, HeldFile] = {}
+        self._v1_plan: _V1Plan | None = None
+        self._v2_plan: _V2Plan | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
         if self._version is False:
@@ -61,6 +70,17 @@ class ContainerCollector:
             "oom_kills": None,
             **_no_pressure(),
         }
+
+    def close(self) -> None:
+        """Close the files kept open between ticks. Idempotent."""
+        for held in self._files.values():
+            held.close()
+
+    def _file(self, path: Path) -> HeldFile:
+        held = self._files.get(path)
+        if held is None:
+            held = self._files[path] = HeldFile(path)
+        return held
 
     def _rates(self, now: float, counters: CpuCounters) -> dict[str, float | None]:
         """``cpu_usage_cores`` and ``cpu_throttled_percent`` since the previous tick."""
@@ -81,88 +101,128 @@ class ContainerCollector:
 
     # -- cgroup v2 -------------------------------------------------------------------
 
-    def _v2(self, now: float) -> dict[str, Any]:
+    def _plan_v2(self) -> _V2Plan:
         own = self._own_dir(self._root, lambda controllers: controllers == "")
+        f = self._file
+        return _V2Plan(
+            limits=[
+                (f(d / "memory.max"), f(d / "cpu.max"))
+                for d in _self_and_ancestors(own, self._root)
+            ],
+            current=f(own / "memory.current") if own != self._root else None,
+            memory_stat=f(own / "memory.stat"),
+            cpu_stat=f(own / "cpu.stat"),
+            events=f(own / "memory.events"),
+            pressure=(f(own / "memory.pressure"), f(own / "cpu.pressure"), f(own / "io.pressure")),
+        )
+
+    def _v2(self, now: float) -> dict[str, Any]:
+        plan = self._v2_plan
+        if plan is None:
+            plan = self._v2_plan = self._plan_v2()
         memory_limit: int | None = None
         cpu_limit: float | None = None
-        for directory in _self_and_ancestors(own, self._root):
-            text = _read(directory / "memory.max")
+        for memory_max, cpu_max in plan.limits:
+            text = _read(memory_max)
             if text is not None and text != "max":
-                memory_limit = _min(memory_limit, _int(directory / "memory.max", text))
-            path = directory / "cpu.max"
-            text = _read(path)
+                memory_limit = _min(memory_limit, _int(memory_max.path, text))
+            text = _read(cpu_max)
             if text is not None:
                 quota, _, period = text.partition(" ")
                 if quota != "max" and period:
-                    cpu_limit = _min(cpu_limit, _cores(path, "cpu.max", quota, period))
+                    cpu_limit = _min(cpu_limit, _cores(cpu_max.path, "cpu.max", quota, period))
         used = None
-        if own != self._root:
-            current = _read(own / "memory.current")
+        if plan.current is not None:
+            current = _read(plan.current)
             if current is None:
-                raise CollectorError(f"cannot read {own / 'memory.current'}")
-            inactive = _stats(own / "memory.stat").get("inactive_file", 0)
-            used = max(0, _int(own / "memory.current", current) - inactive)
-        cpu_stat = _stats(own / "cpu.stat")
+                raise CollectorError(f"cannot read {plan.current.path}")
+            inactive = _stats(plan.memory_stat, b"inactive_file").get("inactive_file", 0)
+            used = max(0, _int(plan.current.path, current) - inactive)
+        cpu_stat = _stats(plan.cpu_stat, b"usage_usec", b"nr_periods", b"nr_throttled")
         usage_usec = cpu_stat.get("usage_usec")
         counters = CpuCounters(
             usage_ns=None if usage_usec is None else usage_usec * 1000,
             periods=cpu_stat.get("nr_periods"),
             throttled=cpu_stat.get("nr_throttled"),
         )
+        memory_pressure, cpu_pressure, io_pressure = plan.pressure
         return {
             "cgroup": 2,
             "memory_limit_bytes": memory_limit,
             "memory_used_bytes": used,
             "cpu_limit_cores": None if cpu_limit is None else round(cpu_limit, 3),
             **self._rates(now, counters),
-            "oom_kills": _stats(own / "memory.events").get("oom_kill"),
-            "memory_pressure": read_some_avg10(own / "memory.pressure"),
-            "cpu_pressure": read_some_avg10(own / "cpu.pressure"),
-            "io_pressure": read_some_avg10(own / "io.pressure"),
+            "oom_kills": _stats(plan.events, b"oom_kill").get("oom_kill"),
+            "memory_pressure": read_some_avg10(memory_pressure),
+            "cpu_pressure": read_some_avg10(cpu_pressure),
+            "io_pressure": read_some_avg10(io_pressure),
         }
 
     # -- cgroup v1 -------------------------------------------------------------------
 
-    def _v1(self, now: float) -> dict[str, Any]:
-        memory_limit: int | None = None
-        used: int | None = None
-        oom_kills: int | None = None
+    def _plan_v1(self) -> _V1Plan:
+        f = self._file
+        plan = _V1Plan()
         mem_root = self._root / "memory"
         if mem_root.is_dir():
             mem = self._own_dir(mem_root, lambda controllers: "memory" in controllers.split(","))
-            stats = _stats(mem / "memory.stat")
-            limit = stats.get("hierarchical_memory_limit")
-            if limit is None:
-                text = _read(mem / "memory.limit_in_bytes")
-                limit = _int(mem / "memory.limit_in_bytes", text) if text is not None else None
-            if limit is not None and limit < _V1_UNLIMITED:
-                memory_limit = limit
-            usage = _read(mem / "memory.usage_in_bytes")
-            if usage is None:
-                raise CollectorError(f"cannot read {mem / 'memory.usage_in_bytes'}")
-            used = max(
-                0, _int(mem / "memory.usage_in_bytes", usage) - stats.get("total_inactive_file", 0)
+            plan.memory = (
+                f(mem / "memory.stat"),
+                f(mem / "memory.limit_in_bytes"),
+                f(mem / "memory.usage_in_bytes"),
+                f(mem / "memory.oom_control"),
             )
-            oom_kills = _stats(mem / "memory.oom_control").get("oom_kill")
-        cpu_limit: float | None = None
-        cpu_stat: dict[str, int] = {}
         cpu_root = self._root / "cpu"
         if cpu_root.is_dir():
             cpu = self._own_dir(cpu_root, lambda controllers: "cpu" in controllers.split(","))
-            for directory in _self_and_ancestors(cpu, cpu_root):
-                quota = _read(directory / "cpu.cfs_quota_us")
-                period = _read(directory / "cpu.cfs_period_us")
-                if quota is None or period is None:
-                    continue
-                if _int(directory / "cpu.cfs_quota_us", quota) > 0:
-                    path = directory / "cpu.cfs_period_us"
-                    cpu_limit = _min(cpu_limit, _cores(path, "cpu.cfs_period_us", quota, period))
-            cpu_stat = _stats(cpu / "cpu.stat")
-        usage_ns: int | None = None
+            plan.quotas = [
+                (f(d / "cpu.cfs_quota_us"), f(d / "cpu.cfs_period_us"))
+                for d in _self_and_ancestors(cpu, cpu_root)
+            ]
+            plan.cpu_stat = f(cpu / "cpu.stat")
         acct_root = self._root / "cpuacct"
         if acct_root.is_dir():
             acct = self._own_dir(acct_root, lambda controllers: "cpuacct" in controllers.split(","))
-            text = _read(acct / "cpuacct.usage")
+            plan.cpuacct = f(acct / "cpuacct.usage")
+        return plan
+
+    def _v1(self, now: float) -> dict[str, Any]:
+        plan = self._v1_plan
+        if plan is None:
+            plan = self._v1_plan = self._plan_v1()
+        memory_limit: int | None = None
+        used: int | None = None
+        oom_kills: int | None = None
+        if plan.memory is not None:
+            stat_file, limit_file, usage_file, oom_file = plan.memory
+            stats = _stats(stat_file, b"hierarchical_memory_limit", b"total_inactive_file")
+            limit = stats.get("hierarchical_memory_limit")
+            if limit is None:
+                text = _read(limit_file)
+                limit = _int(limit_file.path, text) if text is not None else None
+            if limit is not None and limit < _V1_UNLIMITED:
+                memory_limit = limit
+            usage = _read(usage_file)
+            if usage is None:
+                raise CollectorError(f"cannot read {usage_file.path}")
+            used = max(0, _int(usage_file.path, usage) - stats.get("total_inactive_file", 0))
+            oom_kills = _stats(oom_file, b"oom_kill").get("oom_kill")
+        cpu_limit: float | None = None
+        for quota_file, period_file in plan.quotas:
+            quota = _read(quota_file)
+            period = _read(period_file)
+            if quota is None or period is None:
+                continue
+            if _int(quota_file.path, quota) > 0:
+                cpu_limit = _min(
+                    cpu_limit, _cores(period_file.path, "cpu.cfs_period_us", quota, period)
+                )
+        cpu_stat: dict[str, int] = {}
+        if plan.cpu_stat is not None:
+            cpu_stat = _stats(plan.cpu_stat, b"nr_periods", b"nr_throttled")
+        usage_ns: int | None = None
+        if plan.cpuacct is not None:
+            text = _read(plan.cpuacct)
             usage_ns = int(text) if text is not None and text.isdigit() else None
         counters = CpuCounters(usage_ns, cpu_stat.get("nr_periods"), cpu_stat.get("nr_throttled"))
         return {
@@ -188,7 +248,7 @@ class ContainerCollector:
         """The path ``/proc/self/cgroup`` names, under ``mount``. Where the mount shows
         only part of the tree (a container's bind-mounted subtree), the longest tail of
         that path that exists under ``mount`` is ours."""
-        text = _read(self._proc_cgroup)
+        text = _read(HeldFile(self._proc_cgroup))
         for line in (text or "").splitlines():
             _, controllers, path = [*line.split(":", 2), "", ""][:3]
             if matches(controllers):
@@ -199,6 +259,29 @@ class ContainerCollector:
                         return candidate
                 break
         return mount
+
+
+@dataclass
+class _V2Plan:
+    """The files a cgroup v2 tick reads (see :meth:`ContainerCollector._plan_v2`)."""
+
+    limits: list[tuple[HeldFile, HeldFile]]  # (memory.max, cpu.max), own cgroup first
+    current: HeldFile | None  # memory.current; None at the root (no figure there)
+    memory_stat: HeldFile
+    cpu_stat: HeldFile
+    events: HeldFile
+    pressure: tuple[HeldFile, HeldFile, HeldFile]  # memory, cpu, io
+
+
+@dataclass
+class _V1Plan:
+    """The files a cgroup v1 tick reads; a controller that is not mounted has none."""
+
+    memory: tuple[HeldFile, HeldFile, HeldFile, HeldFile] | None = None  # stat, limit,
+    # usage, oom_control
+    quotas: list[tuple[HeldFile, HeldFile]] = field(default_factory=list)  # own first
+    cpu_stat: HeldFile | None = None
+    cpuacct: HeldFile | None = None
 
 
 @dataclass(frozen=True)
@@ -253,28 +336,17 @@ def _self_and_ancestors(directory: Path, stop: Path) -> list[Path]:
     return chain
 
 
-def _read(path: Path) -> str | None:
+def _read(held: HeldFile) -> str | None:
     """The file's stripped text; ``None`` if it does not exist. Other errors
-    (permission denied) become a :class:`CollectorError`. Plain ``os`` calls: a
-    pathlib ``read_text`` costs about three times as much per small cgroup file."""
+    (permission denied) become a :class:`CollectorError`."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
+        data = held.read()
     except OSError as err:
-        raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    except OSError as err:
-        raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode(errors="replace").strip()
+        raise CollectorError(f"cannot read {held.path}: {err.strerror or err}") from err
+    return None if data is None else data.decode(errors="replace").strip()
 
 
-def _int(path: Path, text: str) -> int:
+def _int(path: str, text: str) -> int:
     """``text`` (read from ``path``) as an integer; a :class:`CollectorError` in words if
     it is not one."""
     try:
@@ -283,7 +355,7 @@ def _int(path: Path, text: str) -> int:
         raise CollectorError(f"cannot read {path}: not a number: {text[:40]!r}") from None
 
 
-def _cores(path: Path, name: str, quota: str, period: str) -> float:
+def _cores(path: str, name: str, quota: str, period: str) -> float:
     """A CPU quota over its period, in cores; a zero period is an error in words (the
     kernel refuses one, but a broken or fake cgroup tree may hold it)."""
     quota_us, period_us = _int(path, quota), _int(path, period)
@@ -292,13 +364,22 @@ def _cores(path: Path, name: str, quota: str, period: str) -> float:
     return quota_us / period_us
 
 
-def _stats(path: Path) -> dict[str, int]:
-    """The fields of a ``memory.stat``-style file (empty if it does not exist)."""
-    stats = {}
-    for line in (_read(path) or "").splitlines():
-        name, _, value = line.partition(" ")
-        if value.isdigit():
-            stats[name] = int(value)
+def _stats(held: HeldFile, *names: bytes) -> dict[str, int]:
+    """The fields ``names`` of a ``memory.stat``-style file (those it has; none if it
+    does not exist)."""
+    try:
+        data = held.read()
+    except OSError as err:
+        raise CollectorError(f"cannot read {held.path}: {err.strerror or err}") from err
+    stats: dict[str, int] = {}
+    if not data:
+        return stats
+    for line in data.split(b"\n"):
+        name, _, value = line.partition(b" ")
+        if name in names and value.isdigit():
+            stats[name.decode()] = int(value)
+            if len(stats) == len(names):
+                break
     return stats
 
 

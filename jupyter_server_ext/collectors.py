@@ -74,12 +74,18 @@ class CpuCollector:
         self._last: list[Any] | None = None
         self._procfs = _uses_procfs(ps)
         self._stat_path = stat_path
-        self._last_ticks: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
+        self._stat = procfs.HeldFile(stat_path)
+        self._last_ticks: procfs.CpuTicks | None = None
 
     def collect(self, now: float) -> dict[str, Any]:
         out = self._collect_procfs() if self._procfs else self._collect_psutil()
         out["pressure"] = self._pressure.read()
         return out
+
+    def close(self) -> None:
+        """Close the files kept open between ticks. Idempotent."""
+        self._stat.close()
+        self._pressure.close()
 
     def _collect_psutil(self) -> dict[str, Any]:
         times = list(self._ps.cpu_times(percpu=True))
@@ -100,7 +106,10 @@ class CpuCollector:
         }
 
     def _collect_procfs(self) -> dict[str, Any]:
-        overall, cores = ticks = procfs.cpu_ticks(self._stat_path)
+        data = self._stat.read()
+        if data is None:
+            raise CollectorError(f"{self._stat_path} does not exist")
+        overall, cores = ticks = procfs.parse_cpu_ticks(data, self._stat_path)
         prev, self._last_ticks = self._last_ticks, ticks
         per_cpu: list[float | None] | None = None
         percent = None
@@ -134,11 +143,20 @@ class MemoryCollector:
         self._ps = ps
         self._procfs = _uses_procfs(ps)
         self._meminfo_path = meminfo_path
+        self._meminfo = procfs.HeldFile(meminfo_path)
         self._pressure = HostPressure("memory", pressure_root)
+
+    def close(self) -> None:
+        """Close the files kept open between ticks. Idempotent."""
+        self._meminfo.close()
+        self._pressure.close()
 
     def collect(self, now: float) -> dict[str, Any]:
         if self._procfs:
-            m = procfs.meminfo(self._meminfo_path)
+            data = self._meminfo.read()
+            if data is None:
+                raise CollectorError(f"{self._meminfo_path} does not exist")
+            m = procfs.parse_meminfo(data, self._meminfo_path)
             total, available = m.total_bytes, m.available_bytes
             swap_total = m.swap_total_bytes
             swap_used = max(0, swap_total - m.swap_free_bytes)
@@ -236,6 +254,11 @@ class DiskCollector:
         self._diskstats = diskstats
         self._known: dict[str, dict[str, Any]] = {}
         self.guard: Any = INLINE
+
+    def close(self) -> None:
+        """Close the file kept open between ticks. Idempotent."""
+        if self._diskstats is not None:
+            self._diskstats.close()
 
     def collect(self, now: float) -> dict[str, Any]:
         # Mounts first: a stuck one unwinds this call before the rates move on.
@@ -346,11 +369,19 @@ class NetworkCollector:
         self._rates = Rates()
         self._procfs = _uses_procfs(ps)
         self._net_dev_path = net_dev_path
+        self._net_dev = procfs.HeldFile(net_dev_path)
 
-    def _read(self) -> dict[str, tuple[int, int, int, int]]:
+    def close(self) -> None:
+        """Close the file kept open between ticks. Idempotent."""
+        self._net_dev.close()
+
+    def _read(self) -> procfs.NetCounters:
         """Per interface: bytes received, sent, packets received, sent."""
         if self._procfs:
-            return procfs.net_counters(self._net_dev_path)
+            data = self._net_dev.read()
+            if data is None:
+                raise CollectorError(f"{self._net_dev_path} does not exist")
+            return procfs.parse_net_counters(data, self._net_dev_path)
         return {
             nic: (c.bytes_recv, c.bytes_sent, c.packets_recv, c.packets_sent)
             for nic, c in self._ps.net_io_counters(pernic=True).items()
@@ -422,6 +453,10 @@ class JupyterCollector:
         #: pid -> kernel id for every process in a kernel's tree, as of the last tick
         #: (the GPU collector names the kernel behind a GPU process with it).
         self.kernel_pids: dict[int, str] = {}
+
+    def close(self) -> None:
+        """Close the files held between ticks. Idempotent."""
+        self._table.close()
 
     def _default_tree(self, pid: int) -> list[int]:
         children = kernels.proc_children if _uses_procfs(self._ps) else None

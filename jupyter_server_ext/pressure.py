@@ -13,24 +13,27 @@ kernel booted with ``psi=0``, which answers ``EOPNOTSUPP``, or cgroup v1).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 from .errors import CollectorError
+from .procfs import HeldFile, read_bytes
 
 #: Where the host's PSI files live.
 HOST_PRESSURE = Path("/proc/pressure")
 
 
-def some_avg10(text: str) -> float | None:
+def some_avg10(text: str | bytes) -> float | None:
     """The ``some avg10`` percent of a PSI file's text; ``None`` if it has none."""
-    for line in text.splitlines():
-        kind, _, fields = line.partition(" ")
-        if kind != "some":
+    data = text.encode() if isinstance(text, str) else text
+    for line in data.splitlines():
+        kind, _, fields = line.partition(b" ")
+        if kind != b"some":
             continue
         for item in fields.split():
-            name, _, value = item.partition("=")
-            if name == "avg10":
+            name, _, value = item.partition(b"=")
+            if name == b"avg10":
                 try:
                     return float(value)
                 except ValueError:
@@ -38,19 +41,25 @@ def some_avg10(text: str) -> float | None:
     return None
 
 
-def read_some_avg10(path: Path) -> float | None:
-    """``some avg10`` of the PSI file at ``path``; ``None`` where the kernel has none.
-    A file that exists but cannot be read for another reason is a
-    :class:`CollectorError`."""
+def read_some_avg10(path: str | os.PathLike[str] | HeldFile) -> float | None:
+    """``some avg10`` of the PSI file at ``path`` (or of a :class:`~.procfs.HeldFile`);
+    ``None`` where the kernel has none. A file that exists but cannot be read for
+    another reason is a :class:`CollectorError`."""
     try:
-        text = path.read_text()
+        if isinstance(path, HeldFile):
+            data = path.read()
+            if data is None:
+                return None
+        else:
+            data = read_bytes(os.fspath(path))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
-        if err.errno == 95:  # EOPNOTSUPP: PSI compiled in but switched off (psi=0)
+        if err.errno == errno.EOPNOTSUPP:  # PSI compiled in but switched off (psi=0)
             return None
-        raise CollectorError(f"cannot read {path}: {err.strerror or err}") from err
-    return some_avg10(text)
+        where = path.path if isinstance(path, HeldFile) else path
+        raise CollectorError(f"cannot read {where}: {err.strerror or err}") from err
+    return some_avg10(data)
 
 
 class HostPressure:
@@ -61,12 +70,18 @@ class HostPressure:
 
     def __init__(self, resource: str, root: str | os.PathLike[str] = HOST_PRESSURE) -> None:
         self._path = Path(root) / resource
+        self._file = HeldFile(self._path)
         self._absent = False
 
     def read(self) -> float | None:
         if self._absent:
             return None
-        value = read_some_avg10(self._path)
+        value = read_some_avg10(self._file)
         if value is None and not self._path.exists():
             self._absent = True
+            self._file.close()
         return value
+
+    def close(self) -> None:
+        """Close the file kept open between reads. Idempotent."""
+        self._file.close()

@@ -139,7 +139,9 @@ def test_the_prometheus_part_runs_on_tiny_sizes(tmp_path: Path) -> None:
     by_name = {r["name"]: r for r in json.loads(out.read_text())["results"]}
     scrape = by_name["server CPU per /metrics scrape"]
     assert scrape["value"] >= 0 and scrape["met"] is not None
-    fed = by_name["sampler tick (default: top-5 walk) + scrape"]
+    fed = by_name["sampler tick a scrape causes (the walk for users; no top lists) + scrape"]
+    watched = by_name["sampler tick with every group watched (top-5 lists and users) + scrape"]
+    assert fed["value"] > scrape["value"] and watched["value"] > scrape["value"]
     if shutil.which("prometheus-node-exporter") or os.environ.get("CI"):
         assert fed["reference_name"] == "node_exporter scrape" and fed["reference"] > 0
         assert fed["met"] is not None

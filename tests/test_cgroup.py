@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -246,6 +247,40 @@ def test_v2_counters_and_pressure(tmp_path: Path) -> None:
     assert second["cpu_usage_cores"] == 1.5
     assert second["cpu_throttled_percent"] == 50.0
     assert second["oom_kills"] == 3
+
+
+def test_files_are_held_between_ticks_a_missing_one_is_looked_for_again_and_close(
+    tmp_path: Path,
+) -> None:
+    cg = tmp_path / "cg"
+    write(
+        cg,
+        {
+            "cgroup.controllers": "cpu memory",
+            "pod/memory.current": "1000",
+            "pod/cpu.stat": "usage_usec 1000000\nnr_periods 100\nnr_throttled 10\n",
+        },
+    )
+    container = collector(tmp_path, "0::/pod\n")
+    first = container.collect(1.0)
+    assert first["memory_limit_bytes"] is None and first["oom_kills"] is None
+
+    def held() -> set[str]:
+        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")}  # fmt: skip
+
+    assert {str(cg / "pod/memory.current"), str(cg / "pod/cpu.stat")} <= held()
+    # a limit set and an OOM kill counted after the first tick are seen on the next one
+    write(cg, {"pod/memory.max": str(GiB), "pod/memory.events": "oom_kill 1\n"})
+    write(cg, {"pod/memory.current": "2000"})
+    second = container.collect(2.0)
+    assert second["memory_limit_bytes"] == GiB and second["oom_kills"] == 1
+    assert second["memory_used_bytes"] == 2000
+    container.close()
+    container.close()
+    assert not any(path.startswith(str(cg)) for path in held())
+    assert container.collect(3.0)["memory_used_bytes"] == 2000  # reopened after close
+    container.close()
 
 
 def test_v2_without_psi_is_null(tmp_path: Path) -> None:

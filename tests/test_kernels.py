@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -63,6 +64,20 @@ def test_gone_process_has_no_children() -> None:
     done = subprocess.run([sys.executable, "-c", "pass"], check=True)
     assert done.returncode == 0
     assert proc_children(2**22 + 12345) == []
+
+
+def test_proc_children_reads_every_thread_and_tells_a_missing_feature(tmp_path: Path) -> None:
+    tasks = tmp_path / "42" / "task"
+    for tid, children in (("42", "5 6\n"), ("43", "7\n"), ("44", "")):
+        (tasks / tid).mkdir(parents=True)
+        (tasks / tid / "children").write_text(children)
+        (tasks / tid / "stat").write_text("")
+    (tasks / "45").mkdir()  # a thread that ended while it was listed: no files left
+    assert sorted(proc_children(42, tmp_path) or []) == [5, 6, 7]
+    assert proc_children(43, tmp_path) == []  # no such process
+    (tasks / "46").mkdir()
+    (tasks / "46" / "stat").write_text("")  # a live thread without a children file
+    assert proc_children(42, str(tmp_path)) is None  # CONFIG_PROC_CHILDREN is off
 
 
 def test_unix_time_of_kernel_models() -> None:

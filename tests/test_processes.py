@@ -5,6 +5,8 @@ subscriber gets users from one walk per tick, a Prometheus scrape wants users.""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from typing import Any
@@ -130,6 +132,37 @@ def test_the_walk_is_kept_while_either_group_reads_it() -> None:
     users.pause()  # now nobody reads it: the readings go
     assert walk.tracked == 0
     assert users.collect(2.0)["users"][0]["cpu_percent"] is None
+
+
+def test_the_walk_closes_its_held_files_when_paused_and_when_the_sampler_stops() -> None:
+    """With the real psutil the walk keeps each process's stat file open between ticks;
+    a pause (nobody wants either group) and a stopped sampler close them all."""
+
+    def held_stat_files() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/self/fd/{fd}").endswith("/stat")
+        return count
+
+    before = held_stat_files()
+    walk = ProcessWalk()
+    processes = ProcessesCollector(top_n=3, walk=walk)
+    users = UsersCollector(top_n=3, walk=walk)
+    processes.collect(time.monotonic())
+    users.collect(time.monotonic())
+    assert walk.held_files > 0 and held_stat_files() == before + walk.held_files
+    processes.pause()
+    assert walk.held_files > 0  # users still reads the walk
+    users.pause()
+    assert walk.held_files == 0 and walk.tracked == 0
+    assert held_stat_files() == before
+    for group in (users, processes):  # the sampler closes each, whichever runs alone
+        sampler = Sampler([group], 60.0, lambda status: None, "test")
+        status = sampler.sample_once()
+        assert group.name in status.groups and held_stat_files() > before
+        sampler.stop()
+        assert walk.held_files == 0 and held_stat_files() == before
 
 
 def test_processes_count_only_does_not_walk_for_users_sake() -> None:

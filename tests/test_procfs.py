@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -270,3 +272,172 @@ def test_broken_proc_files_are_errors_in_words(
     read = {"meminfo": procfs.meminfo, "stat": procfs.cpu_ticks, "dev": procfs.net_counters}
     with pytest.raises(CollectorError, match=shown):
         read[name](str(path))
+
+
+def open_fds() -> set[str]:
+    """The targets of this process's open descriptors (``/proc/self/fd``)."""
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor listdir itself used
+            fds.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return fds
+
+
+def stat_files(*pids: int) -> set[str]:
+    return {f"/proc/{pid}/stat" for pid in pids} & open_fds()
+
+
+def test_held_file_reads_each_time_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "counters"
+    held = procfs.HeldFile(path)
+    assert held.read() is None  # not there yet: looked for again next time
+    path.write_bytes(b"first 1\n")
+    assert held.read() == b"first 1\n"
+    assert str(path) in open_fds()  # kept open between reads
+    path.write_bytes(b"second, longer 22\n")  # rewritten in place, as /proc files are
+    assert held.read() == b"second, longer 22\n"
+    big = b"x" * (3 * procfs.CHUNK_BYTES + 5)  # more than one read's worth
+    path.write_bytes(big)
+    assert held.read() == big
+    held.close()
+    held.close()  # idempotent
+    assert str(path) not in open_fds()
+    assert held.read() == big  # reopened on the next read
+    held.close()
+
+
+def test_held_file_of_a_real_proc_file_follows_the_kernel() -> None:
+    held = procfs.HeldFile(f"/proc/{os.getpid()}/stat")
+    try:
+        first = procfs.parse_stat(held.read() or b"")
+        burn_until = time.process_time() + 0.05
+        while time.process_time() < burn_until:
+            pass
+        second = procfs.parse_stat(held.read() or b"")
+    finally:
+        held.close()
+    assert second[0] > first[0]  # CPU ticks moved: read anew, not a cached copy
+    assert second[2] == first[2]
+
+
+def test_process_table_holds_stat_files_between_ticks() -> None:
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+    children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    pids = [c.pid for c in children]
+    table = ProcessTable(max_held=1)
+    try:
+        assert {i.pid for i in table.read(pids)} == set(pids)
+        assert table.held_files == 1  # the limit: the other one is opened each tick
+        assert len(stat_files(*pids)) == 1
+        infos = {i.pid: i for i in table.read(pids)}
+        assert set(infos) == set(pids)
+        assert all(i.cpu_percent is not None for i in infos.values())  # both read twice
+        assert len(stat_files(*pids)) == 1
+        # the held one's process exits: its read fails, it is forgotten and its file closed
+        held_pid = next(p for p in pids if f"/proc/{p}/stat" in open_fds())
+        other = next(c for c in children if c.pid != held_pid)
+        gone = next(c for c in children if c.pid == held_pid)
+        gone.kill()
+        gone.wait(10)
+        assert [i.pid for i in table.read(pids)] == [other.pid]
+        assert held_pid not in table._tracked
+        assert stat_files(held_pid) == set()
+        # the room it left is taken by the next process read
+        table.read([other.pid])
+        assert table.held_files == 1 and stat_files(other.pid) == {f"/proc/{other.pid}/stat"}
+        table.close()
+        assert table.held_files == 0 and stat_files(*pids) == set()
+        assert table._tracked == {}
+        (again,) = table.read([other.pid])  # usable after close: read afresh
+        assert again.cpu_percent is None and table.held_files == 1
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(10)
+        table.close()
+    assert stat_files(*pids) == set()
+
+
+def test_a_walk_in_progress_closes_the_files_a_close_asked_for() -> None:
+    """``close()`` from another thread (a pause while a walk is stuck in a read) leaves
+    the files to the walk, which closes them when it returns."""
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    second = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    table = ProcessTable()
+    entered, release = threading.Event(), threading.Event()
+    identify = table._identify
+
+    def slow_identify(pid: int) -> object:
+        entered.set()
+        release.wait(30)
+        return identify(pid)
+
+    try:
+        table.read([first.pid])
+        assert stat_files(first.pid)
+        table._identify = slow_identify  # type: ignore[method-assign]
+        walker = threading.Thread(target=table.read, args=([first.pid, second.pid],))
+        walker.start()
+        assert entered.wait(30)
+        table.close()  # returns at once; the walk still reads the held file
+        assert stat_files(first.pid)
+        release.set()
+        walker.join(30)
+        assert not walker.is_alive()
+        assert table.held_files == 0 and stat_files(first.pid, second.pid) == set()
+    finally:
+        release.set()
+        for child in (first, second):
+            child.kill()
+            child.wait(10)
+        table.close()
+
+
+def test_system_collectors_close_their_held_files() -> None:
+    collectors = [CpuCollector(), MemoryCollector(), NetworkCollector(), DiskCollector()]
+    for collector in collectors:
+        collector.collect(time.monotonic())
+    held = {"/proc/stat", "/proc/meminfo", "/proc/net/dev", "/proc/diskstats"}
+    # /proc/net/dev is a link to /proc/self/net/dev: compare by what the fd points at
+    assert {"/proc/stat", "/proc/meminfo", "/proc/diskstats"} <= open_fds()
+    for collector in collectors:
+        collector.close()
+        collector.close()
+    assert not (held & open_fds())
+    assert not any(t.endswith("/net/dev") for t in open_fds())
+
+
+def test_held_stat_files_stay_within_a_share_of_the_file_limit() -> None:
+    import resource
+
+    from jupyter_server_ext.processes import MAX_HELD_FILES, held_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (800, hard))
+        assert held_files_limit() == 100
+        assert ProcessTable()._max_held == 100
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
+        assert held_files_limit() == min(MAX_HELD_FILES, min(hard, 1 << 16) // 8)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_jupyter_collector_closes_the_stat_files_of_kernel_trees() -> None:
+    from jupyter_server_ext.collectors import JupyterCollector, JupyterCounts, KernelRef
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    counts = JupyterCounts(
+        kernels=(KernelRef("k1", "python3", child.pid),), terminals=0, sessions=0
+    )
+    jupyter = JupyterCollector(lambda: counts)
+    try:
+        (usage,) = jupyter.collect(time.monotonic())["kernel_usage"]
+        assert usage["rss_bytes"] > 0
+        assert stat_files(child.pid) == {f"/proc/{child.pid}/stat"}
+        jupyter.close()
+        assert stat_files(child.pid) == set()
+    finally:
+        child.kill()
+        child.wait(10)
+        jupyter.close()
