@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from . import procfs
-from .sampler import INLINE
+from .calls import INLINE
 
 
 def uses_procfs(ps: Any) -> bool:
@@ -263,7 +263,7 @@ def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: in
     return [p.to_json() for p in sorted(infos, key=key, reverse=True)[:n]]
 
 
-#: The guard key of the walk (see :class:`~.sampler.CallGuard`): a walk that hangs (a
+#: The guard key of the walk (see :class:`~.calls.CallGuard`): a walk that hangs (a
 #: process stuck in the kernel can block a ``/proc`` read) is not started again until it
 #: returns, whichever of the two groups asks.
 WALK_KEY = "processes:walk"
@@ -301,7 +301,7 @@ class ProcessWalk:
 
     def infos(self, reader: str, now: float, guard: Any = INLINE) -> list[ProcessInfo]:
         """Every readable process, read once per tick under ``guard`` (the sampler's
-        :class:`~.sampler.CallGuard`; a stuck walk raises :class:`~.sampler.Stuck`)."""
+        :class:`~.calls.CallGuard`; a stuck walk raises :class:`~.calls.Stuck`)."""
         self._readers.add(reader)
         if self._infos is None or self._infos[0] != now:
             pids = self.pids(now)
