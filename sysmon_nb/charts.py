@@ -3,8 +3,8 @@
 :class:`Chart` is one Figure (a date x axis, a linear y axis from 0) with its legend
 drawn as HTML under it; :func:`nice_ceiling` and :func:`nice_ticks` give axis tops and
 round ticks; :func:`byte_unit` and :func:`human_bytes` pick the binary unit a value is
-shown in. Imported by :mod:`sysmon_nb.dashboard` only (bqplot is heavy: ``import
-sysmon_nb`` does not reach this module).
+shown in (the tables' byte counts too). Only the dashboard's modules import it (bqplot is
+heavy: ``import sysmon_nb`` does not reach this module).
 """
 
 from __future__ import annotations

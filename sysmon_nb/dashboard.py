@@ -33,7 +33,7 @@ import numpy as np
 from .charts import COLORS, Chart, byte_unit, human_bytes, nice_ceiling
 from .client import ConnectionState
 from .protocol import GROUPS, Hello, History, ServerMessage, Status
-from .tables import Tables
+from .tables import WARN_COLOR, Tables
 
 #: Charts drawn, and the metric groups each needs.
 CHARTS: dict[str, tuple[str, ...]] = {
@@ -51,8 +51,6 @@ DEFAULT_WINDOW = 600.0
 #: A difference from the expected spacing of samples past this (s, or three intervals if
 #: more) is taken for a step of the server's clock; any step back always is.
 STEP_TOLERANCE = 10.0
-
-_WARN_COLOR = "#d62728"
 
 
 def human_age(seconds: float) -> str:
@@ -248,11 +246,11 @@ class SysmonDashboard(widgets.VBox):
     def _state_html(self, now: float) -> str:
         """The connection state for the header; why it stopped or was refused, in red."""
         state = self.state.describe(now)
-        color = {"connected": "#2ca02c", "refused": _WARN_COLOR, "stopped": "#7f7f7f"}.get(
+        color = {"connected": "#2ca02c", "refused": WARN_COLOR, "stopped": "#7f7f7f"}.get(
             self.state.phase, "#ff7f0e"
         )
         if self.state.phase == "stopped" and self.state.reason:
-            color = _WARN_COLOR
+            color = WARN_COLOR
         shown = state if len(state) <= 160 else state[:159] + "…"
         return (
             f"<span style='color:{color}' title='{html.escape(state, quote=True)}'>"
@@ -295,7 +293,7 @@ class SysmonDashboard(widgets.VBox):
                 "container used": [_num(c.get("memory_used_bytes")) for c in conts],
                 "container limit": limit,
             }
-            colors = ["#1f77b4", _WARN_COLOR]
+            colors = ["#1f77b4", WARN_COLOR]
             cap = limit
             title = "Memory (container)"
             used, lim = last_cont.get("memory_used_bytes"), last_cont.get("memory_limit_bytes")
@@ -417,7 +415,7 @@ class SysmonDashboard(widgets.VBox):
         if not found:
             return ""
         items = " · ".join(html.escape(w) for w in found)
-        return f"<div style='color:{_WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
+        return f"<div style='color:{WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
 
 
 def stale_text(sample: Status) -> str:
@@ -429,7 +427,7 @@ def stale_text(sample: Status) -> str:
     parts += [f"mount {m.get('path')} stuck" for m in mounts if m.get("stuck")]
     if not parts:
         return ""
-    return f"<span style='color:{_WARN_COLOR}'>stale: {html.escape(', '.join(parts))}</span>"
+    return f"<span style='color:{WARN_COLOR}'>stale: {html.escape(', '.join(parts))}</span>"
 
 
 def clock_step(previous: Status, sample: Status, *, same_server: bool = True) -> float:
