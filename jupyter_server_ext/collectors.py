@@ -18,11 +18,12 @@ from typing import Any
 import psutil
 
 from . import kernels, procfs
+from .calls import INLINE, Stuck
 from .errors import CollectorError
 from .pressure import HOST_PRESSURE, HostPressure
 from .processes import ProcessTable
 from .processes import uses_procfs as _uses_procfs
-from .sampler import INLINE, Rates, Stuck, sum_known
+from .sampler import Rates, sum_known
 
 
 def _split(t: Any) -> tuple[float, float]:
@@ -227,7 +228,7 @@ class DiskCollector:
     the server starts; later the match is made on the mount table alone.
 
     Each mount's usage call goes through ``guard`` (the sampler's
-    :class:`~.sampler.CallGuard`) under the key ``disk:<path>``: a call on a stale NFS
+    :class:`~.calls.CallGuard`) under the key ``disk:<path>``: a call on a stale NFS
     mount that never returns marks that mount ``stuck`` (its numbers are the last known
     ones, or null) while the other mounts and the I/O rates are read as usual.
     """

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from . import procfs
-from .sampler import INLINE
+from .calls import INLINE
 
 
 def uses_procfs(ps: Any) -> bool:
@@ -263,7 +263,7 @@ def top(infos: Sequence[ProcessInfo], key: Callable[[ProcessInfo], float], n: in
     return [p.to_json() for p in sorted(infos, key=key, reverse=True)[:n]]
 
 
-#: The guard key of the walk (see :class:`~.sampler.CallGuard`): a walk that hangs (a
+#: The guard key of the walk (see :class:`~.calls.CallGuard`): a walk that hangs (a
 #: process stuck in the kernel can block a ``/proc`` read) is not started again until it
 #: returns, whichever of the two groups asks.
 WALK_KEY = "processes:walk"
@@ -301,7 +301,7 @@ class ProcessWalk:
 
     def infos(self, reader: str, now: float, guard: Any = INLINE) -> list[ProcessInfo]:
         """Every readable process, read once per tick under ``guard`` (the sampler's
-        :class:`~.sampler.CallGuard`; a stuck walk raises :class:`~.sampler.Stuck`)."""
+        :class:`~.calls.CallGuard`; a stuck walk raises :class:`~.calls.Stuck`)."""
         self._readers.add(reader)
         if self._infos is None or self._infos[0] != now:
             pids = self.pids(now)
@@ -332,21 +332,14 @@ class ProcessWalk:
         self._table.close()
 
 
-class ProcessesCollector:
-    """``processes``: how many processes exist, and the ``top_n`` by CPU and by RSS.
+class _WalkReader:
+    """What a group built from the shared :class:`ProcessWalk` has in common: on demand,
+    the sampler's guard, and pause/close handed to the walk under the group's name."""
 
-    With ``top_n`` 0 only the count is read (no per-process walk). It runs on demand
-    (``on_demand``): only while someone wants the group (a subscriber, a REST call).
-    Otherwise the sampler leaves the group out of the sample and calls :meth:`pause`.
-    ``walk`` is shared with :class:`UsersCollector`: one walk per tick feeds both.
-    """
-
-    name = "processes"
+    name: str
     on_demand = True
 
-    def __init__(
-        self, top_n: int = 5, ps: ModuleType | Any = psutil, walk: ProcessWalk | None = None
-    ) -> None:
+    def __init__(self, top_n: int, ps: ModuleType | Any, walk: ProcessWalk | None) -> None:
         self._top_n = top_n
         self.walk = walk if walk is not None else ProcessWalk(ps)
         self.guard: Any = INLINE
@@ -356,6 +349,23 @@ class ProcessesCollector:
 
     def close(self) -> None:
         self.walk.close()
+
+
+class ProcessesCollector(_WalkReader):
+    """``processes``: how many processes exist, and the ``top_n`` by CPU and by RSS.
+
+    With ``top_n`` 0 only the count is read (no per-process walk). It runs on demand
+    (``on_demand``): only while someone wants the group (a subscriber, a REST call).
+    Otherwise the sampler leaves the group out of the sample and calls :meth:`pause`.
+    ``walk`` is shared with :class:`UsersCollector`: one walk per tick feeds both.
+    """
+
+    name = "processes"
+
+    def __init__(
+        self, top_n: int = 5, ps: ModuleType | Any = psutil, walk: ProcessWalk | None = None
+    ) -> None:
+        super().__init__(top_n, ps, walk)
 
     def collect(self, now: float) -> dict[str, Any]:
         pids = self.walk.pids(now)
@@ -394,7 +404,7 @@ class _UserSum:
         }
 
 
-class UsersCollector:
+class UsersCollector(_WalkReader):
     """``users``: processes, CPU and resident memory summed per unix user (on The
     Littlest JupyterHub each user is ``jupyter-<name>``), from the same walk as
     ``processes``.
@@ -411,20 +421,11 @@ class UsersCollector:
     """
 
     name = "users"
-    on_demand = True
 
     def __init__(
         self, top_n: int = 10, ps: ModuleType | Any = psutil, walk: ProcessWalk | None = None
     ) -> None:
-        self._top_n = top_n
-        self.walk = walk if walk is not None else ProcessWalk(ps)
-        self.guard: Any = INLINE
-
-    def pause(self) -> None:
-        self.walk.pause(self.name)
-
-    def close(self) -> None:
-        self.walk.close()
+        super().__init__(top_n, ps, walk)
 
     def collect(self, now: float) -> dict[str, Any]:
         sums: dict[str, _UserSum] = {}

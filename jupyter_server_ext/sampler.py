@@ -3,7 +3,8 @@
 A collector is any object with a ``name`` (its metric group) and a
 ``collect(now) -> dict`` method, where ``now`` is a monotonic timestamp for rates. The
 collectors themselves live in :mod:`.collectors`, :mod:`.cgroup` and :mod:`.gpu`; this
-module holds the loop, the deadlines and the helpers they share (:class:`Rates`).
+module holds the loop, the deadlines and the helpers they share (:class:`Rates`); the
+guard of calls that may hang and the runner threads live in :mod:`.calls`.
 
 Two threads of ours do the work, neither on the server's event loop:
 
@@ -11,7 +12,7 @@ Two threads of ours do the work, neither on the server's event loop:
   never runs collector code, so nothing a collector does can stretch a tick: a tick
   whose whole slot has passed is skipped and counted in ``skipped_ticks``;
 - the *runner* (``sysmon-collect-N``) runs one tick's collectors in turn, each call
-  registered with the :class:`CallGuard`. A tick costs one hand-over to the runner and
+  registered with the :class:`~.calls.CallGuard`. A tick costs one hand-over to the runner and
   one back (about 20 us), where a worker per collector would cost one per collector.
 
 When the runner misses a tick's deadline (``collector_timeout``, at most the interval),
@@ -35,15 +36,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sysmon_nb.protocol import Status
 
+from .calls import (
+    Call,
+    CallGuard,
+    Runner,
+    Stuck,
+    StuckCall,
+    Tick,
+    default_log,
+)
 from .errors import CollectorError
-
-#: The logger used when none is given (tests; the extension passes its own ``self.log``).
-default_log = logging.getLogger("sysmon_nb.sampler")
 
 #: How often the same collector failure is logged again while it persists (s).
 LOG_REPEAT_INTERVAL = 300.0
@@ -101,211 +107,6 @@ def sum_known(values: Iterable[float | None]) -> float | None:
     """Sum the known values; ``None`` if none is known."""
     known = [v for v in values if v is not None]
     return sum(known) if known else None
-
-
-# -- deadlines ------------------------------------------------------------------------
-
-
-class Stuck(CollectorError):
-    """A call was not started because the previous call with its key has not returned."""
-
-    def __init__(self, what: str, running_s: float) -> None:
-        super().__init__(f"{what} has not returned for {running_s:.0f} s")
-        self.what = what
-        self.running_s = running_s
-
-
-@dataclass(frozen=True)
-class StuckCall:
-    """A call that missed its tick's deadline, as told to ``Sampler(on_stuck=...)``."""
-
-    key: str  #: the guard key: a group's name, or ``<group>:<detail>``
-    group: str  #: the metric group the call was made for
-    mount: str | None  #: the mount point, for a filesystem call of the ``disk`` group
-    message: str  #: what happened, in words (as logged)
-    time: float  #: unix s when it was given up on
-
-
-class _Abandoned(BaseException):
-    """Raised in a runner whose call returned after it was given up on: it unwinds the
-    thread (a ``BaseException``, so that no collector's ``except Exception`` keeps it)."""
-
-
-class _Call:
-    __slots__ = ("abandoned", "key", "logged", "started", "thread", "what")
-
-    def __init__(self, key: str, what: str, started: float, thread: int) -> None:
-        self.key = key
-        self.what = what
-        self.started = started
-        self.thread = thread
-        self.abandoned = False
-        self.logged = False  # its "did not answer" line was logged: log its return too
-
-
-class CallGuard:
-    """Knows every guarded call in progress, which thread makes it, and which are stuck.
-
-    ``call(key, what, fn, *args)`` runs ``fn`` on the calling thread. At most one call
-    per key is in progress: while one is (a stuck filesystem call, say), another with the
-    same key raises :class:`Stuck` at once instead of starting. ``abandon(thread)`` gives
-    up on a thread's innermost call: when that call returns, its result is dropped, the
-    return is logged, and the thread unwinds.
-    """
-
-    def __init__(
-        self, clock: Callable[[], float] = time.monotonic, log: logging.Logger = default_log
-    ) -> None:
-        self._clock = clock
-        self.log = log
-        self._lock = threading.Lock()
-        self._active: dict[str, _Call] = {}
-        self._stacks: dict[int, list[_Call]] = {}
-
-    def call(
-        self,
-        key: str,
-        what: str,
-        fn: Callable[..., Any],
-        *args: Any,
-        on_late: Callable[[Any], None] | None = None,
-    ) -> Any:
-        """``fn(*args)``, registered under ``key``. If the call is given up on and later
-        returns a result, ``on_late(result)`` gets it (a late reading is still a reading)."""
-        thread = threading.get_ident()
-        with self._lock:
-            running = self._active.get(key)
-            if running is not None:
-                raise Stuck(what, self._clock() - running.started)
-            call = self._active[key] = _Call(key, what, self._clock(), thread)
-            stack = self._stacks.get(thread)
-            if stack is None:
-                stack = self._stacks[thread] = []
-            stack.append(call)
-        result: Any = None
-        try:
-            result = fn(*args)
-            return result
-        finally:
-            with self._lock:
-                if self._active.get(key) is call:
-                    del self._active[key]
-                stack.pop()
-                if not stack:
-                    del self._stacks[thread]
-            if call.abandoned:
-                if on_late is not None and result is not None:
-                    on_late(result)
-                if call.logged:
-                    self.log.info(
-                        "sysmon: %s returned after %.1f s; it is read again from the next tick",
-                        what,
-                        self._clock() - call.started,
-                    )
-                raise _Abandoned  # the thread is no longer a runner: unwind it
-
-    def abandon(self, thread: int) -> _Call | None:
-        """Give up on ``thread``'s innermost call (None if it is between calls)."""
-        with self._lock:
-            stack = self._stacks.get(thread)
-            if not stack:
-                return None
-            call = stack[-1]
-            call.abandoned = True
-            # The calls around it (the disk collector around one mount's call) are over
-            # for us: the thread will unwind through them without touching their state,
-            # so a new runner may make them again.
-            for outer in stack[:-1]:
-                if self._active.get(outer.key) is outer:
-                    del self._active[outer.key]
-            return call
-
-    def running_s(self, key: str) -> float | None:
-        """How long the call with ``key`` has been running, or None if none is."""
-        call = self._active.get(key)
-        return None if call is None else self._clock() - call.started
-
-    def busy(self, prefix: str) -> bool:
-        """Whether a call whose key starts with ``prefix`` is in progress."""
-        return any(k == prefix or k.startswith(prefix + ":") for k in list(self._active))
-
-    @property
-    def threads(self) -> int:
-        """Threads inside a guarded call right now."""
-        return len(self._stacks)
-
-
-class InlineGuard:
-    """The guard of a collector used outside a sampler (tests, one-off reads): calls
-    ``fn`` directly, with no deadline."""
-
-    def call(
-        self,
-        key: str,
-        what: str,
-        fn: Callable[..., Any],
-        *args: Any,
-        on_late: Callable[[Any], None] | None = None,
-    ) -> Any:
-        return fn(*args)
-
-
-INLINE = InlineGuard()
-
-
-class _Tick:
-    """One tick's work, shared by the scheduler and the runner(s) that run it."""
-
-    __slots__ = ("collectors", "done", "errors", "groups", "index", "late", "lock", "now")
-
-    def __init__(self, now: float, collectors: list[Collector]) -> None:
-        self.now = now
-        self.collectors = collectors
-        self.index = 0
-        self.groups: dict[str, dict[str, Any]] = {}
-        self.errors: dict[str, str] = {}
-        self.late: dict[str, float] = {}  # stuck groups: how long their call has run
-        self.done = threading.Event()
-        self.lock = threading.Lock()
-
-
-class _Runner:
-    """One runner thread: takes a tick, runs its collectors from ``tick.index`` on."""
-
-    def __init__(self, sampler: Sampler, number: int) -> None:
-        self._sampler = sampler
-        self._ready = threading.Lock()
-        self._ready.acquire()
-        self._job: _Tick | None = None
-        self.busy = False
-        self.retired = False
-        self.thread = threading.Thread(
-            target=self._run, name=f"sysmon-collect-{number}", daemon=True
-        )
-        self.thread.start()
-
-    def give(self, tick: _Tick | None) -> None:
-        """Run ``tick`` (None: exit). Only while not busy."""
-        self._job = tick
-        self.busy = tick is not None
-        self._ready.release()
-
-    def _run(self) -> None:
-        while True:
-            self._ready.acquire()
-            tick = self._job
-            if tick is None or self.retired:
-                self._sampler._runner_exits(self)
-                return
-            try:
-                self._sampler._run_tick(tick, self)
-            except _Abandoned:
-                return
-            self.busy = False
-            tick.done.set()
-            if self.retired or self._sampler._stop.is_set():
-                self._sampler._runner_exits(self)
-                return
 
 
 class _FailureLog:
@@ -439,10 +240,10 @@ class Sampler:
         self._late_results: dict[str, tuple[dict[str, Any], float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._runner: _Runner | None = None
+        self._runner: Runner | None = None
         self._runners_started = 0
         self._threads: list[threading.Thread] = []
-        self._tick: _Tick | None = None
+        self._tick: Tick | None = None
         self._closed = False
         self._close_lock = threading.Lock()
         self._tick_lock = threading.Lock()  # one tick at a time (sample_once vs the loop)
@@ -472,7 +273,7 @@ class Sampler:
                 continue
             self._paused.discard(collector.name)
             run.append(collector)
-        tick = self._tick = _Tick(now, run)
+        tick = self._tick = Tick(now, run)
         self._wait(tick, now + self.timeout)
         with tick.lock:
             tick.index = len(run)  # closed: a late runner writes nothing more
@@ -521,7 +322,7 @@ class Sampler:
             self.log.exception("sysmon: asking which groups are wanted failed; sampling all")
             return None
 
-    def _wait(self, tick: _Tick, deadline: float) -> None:
+    def _wait(self, tick: Tick, deadline: float) -> None:
         """Hand ``tick`` to the runner and wait until it is done or its deadline passes;
         past the deadline, give up on the call the runner is in and let a new runner
         finish the tick without it."""
@@ -538,7 +339,7 @@ class Sampler:
             deadline = self._clock() + RESUME_SHARE * self.timeout
         self.log.warning("sysmon: tick given up after %d stuck calls", MAX_RESUMES)
 
-    def _log_late(self, call: _Call) -> None:
+    def _log_late(self, call: Call) -> None:
         """One line when a call misses its deadline; for a call that is late again and
         again (a slow collector), a reminder every LOG_REPEAT_INTERVAL with the count."""
         now = self._clock()
@@ -570,18 +371,20 @@ class Sampler:
             except Exception:
                 self.log.exception("sysmon: reporting a stuck call failed")
 
-    def _runner_for(self, tick: _Tick) -> _Runner:
+    def _runner_for(self, tick: Tick) -> Runner:
         runner = self._runner
         if runner is None or runner.busy or not runner.thread.is_alive():
             if runner is not None:
                 runner.retired = True  # busy with a tick given up on: let it finish alone
             self._runners_started += 1
-            runner = self._runner = _Runner(self, self._runners_started)
+            runner = self._runner = Runner(
+                self._runners_started, self._run_tick, self._runner_exits, self._stop
+            )
             self._threads.append(runner.thread)
         runner.give(tick)
         return runner
 
-    def _run_tick(self, tick: _Tick, runner: _Runner) -> None:
+    def _run_tick(self, tick: Tick, runner: Runner) -> None:
         """On a runner: run the tick's collectors from ``tick.index`` on."""
         guard = self.guard
         while True:
@@ -615,7 +418,7 @@ class Sampler:
                 if tick.index < len(tick.collectors) and tick.collectors[tick.index] is collector:
                     tick.index += 1
 
-    def _runner_exits(self, runner: _Runner) -> None:
+    def _runner_exits(self, runner: Runner) -> None:
         """On a runner told to exit: close the collectors if the sampler is stopping and
         none of them is still in a call (a stuck call keeps its collector open)."""
         if self._stop.is_set():

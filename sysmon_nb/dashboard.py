@@ -23,17 +23,17 @@ import html
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import ExitStack
 from typing import Any
 
-import bqplot
 import ipywidgets as widgets
 import numpy as np
 
+from .charts import COLORS, Chart, byte_unit, human_bytes, nice_ceiling
 from .client import ConnectionState
 from .protocol import GROUPS, Hello, History, ServerMessage, Status
-from .tables import Tables
+from .tables import WARN_COLOR, Tables
 
 #: Charts drawn, and the metric groups each needs.
 CHARTS: dict[str, tuple[str, ...]] = {
@@ -52,28 +52,6 @@ DEFAULT_WINDOW = 600.0
 #: more) is taken for a step of the server's clock; any step back always is.
 STEP_TOLERANCE = 10.0
 
-_BINARY_UNITS = (("TiB", 1024.0**4), ("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0))
-_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-_WARN_COLOR = "#d62728"
-
-
-def byte_unit(peak: float) -> tuple[str, float]:
-    """The binary unit (and its size in bytes) that shows ``peak`` as a short number."""
-    for name, size in _BINARY_UNITS:
-        if peak >= size:
-            return name, size
-    return "B", 1.0
-
-
-def human_bytes(value: float | None, suffix: str = "") -> str:
-    """``1536`` -> ``"1.5 KiB"``; None -> ``"-"``."""
-    if value is None:
-        return "-"
-    name, size = byte_unit(abs(value))
-    number = value / size
-    text = f"{number:.0f}" if name == "B" or number >= 100 else f"{number:.1f}"
-    return f"{text} {name}{suffix}"
-
 
 def human_age(seconds: float) -> str:
     seconds = max(0.0, seconds)
@@ -82,31 +60,6 @@ def human_age(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min ago"
     return f"{seconds / 3600:.1f} h ago"
-
-
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5 times a power of ten that is >= ``value``:
-    an axis top whose fifths are round numbers; 1 for nothing to show."""
-    if not value > 0 or not math.isfinite(value):
-        return 1.0
-    power = 10.0 ** math.floor(math.log10(value))
-    for step in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0):
-        if value <= step * power * (1 + 1e-9):
-            return step * power
-    return 10.0 * power
-
-
-def nice_ticks(top: float, most: int = 5) -> np.ndarray:
-    """Round tick values from 0 up to ``top`` (1, 2, 2.5 or 5 times a power of ten apart,
-    at most ``most`` steps): the axis may end at an unround total, its labels stay round."""
-    if not top > 0 or not math.isfinite(top):
-        return np.array([0.0, 1.0])
-    power = 10.0 ** math.floor(math.log10(top / most))
-    step = next(
-        (f * power for f in (1.0, 2.0, 2.5, 5.0) if top / (f * power) <= most + 1e-9),
-        10.0 * power,
-    )
-    return np.arange(0.0, top * (1 + 1e-9), step)
 
 
 def parse_window(value: str | float) -> float:
@@ -132,115 +85,6 @@ def _num(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return math.nan
-
-
-def legend_html(labels: Sequence[str], colors: Sequence[str], faint: str = "") -> str:
-    """A legend line under a chart: a colour key per line (and one for the faint lines).
-
-    It sits outside the plot, so it never covers a line near the top of the axis (a
-    bqplot legend is always drawn inside the plot area)."""
-    keys = [
-        f"<span style='white-space:nowrap'><span style='color:{color};font-weight:bold'>━</span>"
-        f" {html.escape(label)}</span>"
-        for label, color in zip(labels, colors)
-    ]
-    if faint:
-        keys.append(
-            "<span style='white-space:nowrap'><span style='color:#9ecae1'>━</span>"
-            f" {html.escape(faint)}</span>"
-        )
-    return (
-        "<div style='display:flex;gap:14px;justify-content:center;flex-wrap:wrap;"
-        f"font-size:12px;line-height:16px'>{''.join(keys)}</div>"
-    )
-
-
-class _Chart:
-    """One bqplot Figure (a date x axis, a linear y axis from 0, a Lines mark and a
-    faint one for per-core lines) with its legend, as HTML, under it."""
-
-    def __init__(self, title: str, y_label: str, *, y_max: float | None = None) -> None:
-        self.x_scale = bqplot.DateScale()
-        self.y_scale = bqplot.LinearScale(min=0.0, max=y_max, allow_padding=False)
-        ticks = nice_ticks(y_max) if y_max is not None else None
-        self.x_axis = bqplot.Axis(
-            scale=self.x_scale, tick_format="%H:%M:%S", num_ticks=5, grid_lines="none"
-        )
-        self.y_axis = bqplot.Axis(
-            scale=self.y_scale,
-            side="left",
-            label=y_label,
-            tick_format=".4~g",
-            tick_values=ticks,
-            grid_lines="dashed",
-            label_offset="42px",
-        )
-        scales = {"x": self.x_scale, "y": self.y_scale}
-        self.faint = bqplot.Lines(
-            x=np.zeros(0),
-            y=np.zeros((1, 0)),
-            scales=scales,
-            display_legend=False,
-            stroke_width=1,
-            colors=["#9ecae1"],
-        )
-        self.lines = bqplot.Lines(
-            x=np.zeros(0),
-            y=np.zeros((1, 0)),
-            scales=scales,
-            display_legend=False,
-            stroke_width=2,
-            colors=list(_COLORS),
-        )
-        self.figure = bqplot.Figure(
-            marks=[self.faint, self.lines],
-            axes=[self.x_axis, self.y_axis],
-            title=title,
-            fig_margin={"top": 40, "bottom": 30, "left": 65, "right": 35},
-            animation_duration=0,
-            layout=widgets.Layout(width="100%", height="250px", min_width="320px"),
-            title_style={"font-size": "14px"},
-        )
-        self.legend = widgets.HTML(layout=widgets.Layout(width="100%"))
-        self.box = widgets.VBox([self.figure, self.legend], layout=widgets.Layout(width="100%"))
-
-    def synced(self) -> list[Any]:
-        return [self.faint, self.lines, self.y_scale, self.y_axis, self.figure, self.legend]
-
-    def draw(
-        self,
-        x: np.ndarray,
-        rows: Sequence[Sequence[float]],
-        labels: list[str],
-        title: str,
-        *,
-        colors: list[str] | None = None,
-        faint: Sequence[Sequence[float]] = (),
-        y_label: str | None = None,
-        y_max: float | None = None,
-        faint_label: str = "",
-    ) -> None:
-        if len(x) < 2:  # bqplot squeezes a one-point array to a scalar it then refuses
-            x, rows, faint = np.zeros(0), [[] for _ in rows], [[] for _ in faint]
-        self.lines.x = x
-        self.lines.y = np.asarray(rows, dtype=float).reshape(len(rows), len(x))
-        self.lines.labels = labels
-        self.lines.colors = colors or list(_COLORS)
-        if faint and len(x):
-            self.faint.x = x
-            self.faint.y = np.asarray(faint, dtype=float).reshape(len(faint), len(x))
-        elif len(self.faint.x):
-            self.faint.x = np.zeros(0)
-            self.faint.y = np.zeros(0)
-        self.figure.title = title
-        legend = legend_html(labels, list(self.lines.colors), faint_label if faint else "")
-        if legend != self.legend.value:
-            self.legend.value = legend
-        if y_label is not None:
-            self.y_axis.label = y_label
-        if y_max is not None and y_max != self.y_scale.max:
-            self.y_scale.max = y_max
-            self.y_axis.tick_values = nice_ticks(y_max)
 
 
 class SysmonDashboard(widgets.VBox):
@@ -270,18 +114,18 @@ class SysmonDashboard(widgets.VBox):
         self.header = widgets.HTML(layout=widgets.Layout(width="100%"))
         self.warnings = widgets.HTML(layout=widgets.Layout(width="100%"))
         self.processes = widgets.HTML(layout=widgets.Layout(width="100%"))
-        self.charts: dict[str, _Chart] = {}
+        self.charts: dict[str, Chart] = {}
         wanted = set(self.metrics)
         if "cpu" in wanted:
-            self.charts["cpu"] = _Chart("CPU", "percent", y_max=100.0)
+            self.charts["cpu"] = Chart("CPU", "percent", y_max=100.0)
         if "memory" in wanted:
-            self.charts["memory"] = _Chart("Memory", "GiB")
+            self.charts["memory"] = Chart("Memory", "GiB")
         if "network" in wanted:
-            self.charts["network"] = _Chart("Network", "KiB/s")
+            self.charts["network"] = Chart("Network", "KiB/s")
         if "disk" in wanted:
-            self.charts["disk"] = _Chart("Disk", "KiB/s")
+            self.charts["disk"] = Chart("Disk", "KiB/s")
         if "gpu" in wanted:
-            self.charts["gpu"] = _Chart("GPU", "percent", y_max=100.0)
+            self.charts["gpu"] = Chart("GPU", "percent", y_max=100.0)
             self.charts["gpu"].box.layout.display = "none"
         grid = widgets.GridBox(
             [c.box for c in self.charts.values()],
@@ -402,18 +246,18 @@ class SysmonDashboard(widgets.VBox):
     def _state_html(self, now: float) -> str:
         """The connection state for the header; why it stopped or was refused, in red."""
         state = self.state.describe(now)
-        color = {"connected": "#2ca02c", "refused": _WARN_COLOR, "stopped": "#7f7f7f"}.get(
+        color = {"connected": "#2ca02c", "refused": WARN_COLOR, "stopped": "#7f7f7f"}.get(
             self.state.phase, "#ff7f0e"
         )
         if self.state.phase == "stopped" and self.state.reason:
-            color = _WARN_COLOR
+            color = WARN_COLOR
         shown = state if len(state) <= 160 else state[:159] + "…"
         return (
             f"<span style='color:{color}' title='{html.escape(state, quote=True)}'>"
             f"● {html.escape(shown)}</span>"
         )
 
-    def _draw_cpu(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+    def _draw_cpu(self, chart: Chart, x: np.ndarray, samples: list[Status]) -> None:
         groups = [s.groups.get("cpu", {}) for s in samples]
         total = [_num(g.get("percent")) for g in groups]
         cores = max((len(g.get("per_cpu") or ()) for g in groups), default=0)
@@ -430,7 +274,7 @@ class SysmonDashboard(widgets.VBox):
         faint_label = f"each of {cores} cores" if cores else ""
         chart.draw(x, [total], ["total"], title, faint=per_core, faint_label=faint_label)
 
-    def _draw_memory(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+    def _draw_memory(self, chart: Chart, x: np.ndarray, samples: list[Status]) -> None:
         """Memory against the container's limit when it has one (the node's figures then
         go in the title, labelled as the node's), else against the machine's total. The
         axis top is that limit or total (or the highest line, if higher)."""
@@ -449,7 +293,7 @@ class SysmonDashboard(widgets.VBox):
                 "container used": [_num(c.get("memory_used_bytes")) for c in conts],
                 "container limit": limit,
             }
-            colors = ["#1f77b4", _WARN_COLOR]
+            colors = ["#1f77b4", WARN_COLOR]
             cap = limit
             title = "Memory (container)"
             used, lim = last_cont.get("memory_used_bytes"), last_cont.get("memory_limit_bytes")
@@ -481,7 +325,7 @@ class SysmonDashboard(widgets.VBox):
         chart.draw(x, rows, list(series), title, colors=colors, y_label=unit, y_max=top)
 
     def _draw_rates(
-        self, chart: _Chart, x: np.ndarray, samples: list[Status], group: str, names: dict[str, str]
+        self, chart: Chart, x: np.ndarray, samples: list[Status], group: str, names: dict[str, str]
     ) -> None:
         data = [s.groups.get(group, {}) for s in samples]
         series = {label: [_num(d.get(key)) for d in data] for key, label in names.items()}
@@ -497,15 +341,15 @@ class SysmonDashboard(widgets.VBox):
         top = nice_ceiling(peak / size)
         chart.draw(x, rows, list(series), title, y_label=f"{unit}/s", y_max=top)
 
-    def _draw_network(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+    def _draw_network(self, chart: Chart, x: np.ndarray, samples: list[Status]) -> None:
         names = {"recv_bytes_per_s": "receive", "sent_bytes_per_s": "send"}
         self._draw_rates(chart, x, samples, "network", names)
 
-    def _draw_disk(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+    def _draw_disk(self, chart: Chart, x: np.ndarray, samples: list[Status]) -> None:
         names = {"read_bytes_per_s": "read", "write_bytes_per_s": "write"}
         self._draw_rates(chart, x, samples, "disk", names)
 
-    def _draw_gpu(self, chart: _Chart, x: np.ndarray, samples: list[Status]) -> None:
+    def _draw_gpu(self, chart: Chart, x: np.ndarray, samples: list[Status]) -> None:
         devices: dict[int, str] = {}
         for s in samples:
             for d in s.groups.get("gpu", {}).get("devices") or ():
@@ -532,7 +376,7 @@ class SysmonDashboard(widgets.VBox):
                 mem.append(100.0 * used / total if total and total > 0 else math.nan)
             rows += [util, mem]
             labels += [f"GPU{index} util", f"GPU{index} memory"]
-        colors = [c for i in range(len(devices)) for c in (_COLORS[i % 7], _COLORS[(i + 3) % 7])]
+        colors = [c for i in range(len(devices)) for c in (COLORS[i % 7], COLORS[(i + 3) % 7])]
         last = samples[-1].groups.get("gpu", {}).get("devices") or []
         title = "GPU " + " · ".join(
             f"{d.get('index')}: {_pct(d.get('utilization_percent'))}" for d in last
@@ -571,7 +415,7 @@ class SysmonDashboard(widgets.VBox):
         if not found:
             return ""
         items = " · ".join(html.escape(w) for w in found)
-        return f"<div style='color:{_WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
+        return f"<div style='color:{WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
 
 
 def stale_text(sample: Status) -> str:
@@ -583,7 +427,7 @@ def stale_text(sample: Status) -> str:
     parts += [f"mount {m.get('path')} stuck" for m in mounts if m.get("stuck")]
     if not parts:
         return ""
-    return f"<span style='color:{_WARN_COLOR}'>stale: {html.escape(', '.join(parts))}</span>"
+    return f"<span style='color:{WARN_COLOR}'>stale: {html.escape(', '.join(parts))}</span>"
 
 
 def clock_step(previous: Status, sample: Status, *, same_server: bool = True) -> float:

@@ -23,6 +23,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .charts import byte_unit
 from .protocol import Status
 
 #: Rows shown per table; the rest are counted ("+3 more").
@@ -38,7 +39,6 @@ PRESSURE_WARN_PERCENT = 10.0
 FILL_WARN_PERCENT = 90.0
 
 WARN_COLOR = "#d62728"
-_BINARY_UNITS = (("TiB", 1024.0**4), ("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0))
 _STATE_COLORS = {"busy": "#ff7f0e", "idle": "#2ca02c", "starting": "#1f77b4", "dead": WARN_COLOR}
 
 _TABLE_CSS = (
@@ -68,11 +68,7 @@ def fmt_bytes(value: Any) -> str:
     number = _number(value)
     if number is None:
         return "-"
-    name, size = "B", 1.0
-    for unit, unit_size in _BINARY_UNITS:
-        if abs(number) >= unit_size:
-            name, size = unit, unit_size
-            break
+    name, size = byte_unit(abs(number))
     scaled = number / size
     text = f"{scaled:.0f}" if name == "B" or abs(scaled) >= 100 else f"{scaled:.1f}"
     return f"{text} {name}"

@@ -11,14 +11,11 @@ import comm
 import numpy as np
 import pytest
 
+from sysmon_nb.charts import byte_unit, human_bytes, nice_ceiling, nice_ticks
 from sysmon_nb.client import ConnectionState
 from sysmon_nb.dashboard import (
     SysmonDashboard,
-    byte_unit,
     clock_step,
-    human_bytes,
-    nice_ceiling,
-    nice_ticks,
     parse_window,
     warnings_for,
 )
