@@ -426,7 +426,13 @@ def test_held_stat_files_stay_within_a_share_of_the_file_limit() -> None:
 def test_the_jupyter_collector_closes_the_stat_files_of_kernel_trees() -> None:
     from jupyter_server_ext.collectors import JupyterCollector, JupyterCounts, KernelRef
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    # Running, not just exec'd: a process the scheduler has not run yet may have no pages.
+    assert child.stdout.readline() == b"up\n"
     counts = JupyterCounts(
         kernels=(KernelRef("k1", "python3", child.pid),), terminals=0, sessions=0
     )
@@ -440,4 +446,5 @@ def test_the_jupyter_collector_closes_the_stat_files_of_kernel_trees() -> None:
     finally:
         child.kill()
         child.wait(10)
+        child.stdout.close()
         jupyter.close()
