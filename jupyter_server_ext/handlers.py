@@ -7,6 +7,7 @@ then our admin policy. Refusals are JSON, before any upgrade.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import sys
 import time
@@ -201,7 +202,14 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         )
         self._watcher.start()
 
-    def on_message(self, message: str | bytes) -> None:
+    async def on_message(self, message: str | bytes) -> None:
+        self._answer(message)
+        # tornado reads the next message only once this returns, and a message already
+        # buffered is read without going back to the event loop: yield once, so that a
+        # client sending as fast as it can leaves every other connection its turn.
+        await asyncio.sleep(0)
+
+    def _answer(self, message: str | bytes) -> None:
         conn = self.ws_connection
         if conn is None or conn.is_closing() or self._failed:
             return  # condemned: nothing more is parsed, logged or answered
