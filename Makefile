@@ -1,5 +1,6 @@
 # sysmon-nb: `make demo` runs JupyterLab with the extension; `make test` runs every check;
 # `make bench` runs the benchmarks (`make bench PARTS=fanout` for one part);
+# `make docs` builds the documentation (docs/, Sphinx + MyST) into build/docs;
 # `make test-min` runs the tests with the lowest dependency versions pyproject.toml allows.
 # Each target creates .venv (.venv-min) and installs what it needs on first use.
 
@@ -15,7 +16,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 VENV_MIN := .venv-min
 BIN_MIN  := $(VENV_MIN)/bin
 
-.PHONY: demo test test-min lint clean bench
+.PHONY: demo test test-min lint clean bench docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,17 @@ $(VENV_MIN)/.test-installed: pyproject.toml constraints-min.txt | $(BIN_MIN)/pyt
 $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[bench]"
 	touch $@
+
+$(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@
+
+# Offline (no intersphinx), from scratch each time (-E: an incremental build would not
+# repeat the warnings of pages it did not reread), every warning an error.
+DOCS_OUT := build/docs
+docs: $(VENV)/.docs-installed
+	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs $(DOCS_OUT)
+	@echo "sysmon-nb: the documentation is at $(DOCS_OUT)/index.html"
 
 # Parts: sampler fanout compression slow peers widget idle latency fleet prometheus
 # (default: all). See benchmarks/README.md.

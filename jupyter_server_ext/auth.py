@@ -2,7 +2,7 @@
 
 jupyter_server has already authenticated the request (identity provider) and its
 authorizer has allowed ``read`` on the ``sysmon`` resource; this module decides
-whether that user may watch the whole machine. See DESIGN.md, "Who may connect".
+whether that user may watch the whole machine. See the security page, docs/security.md.
 
 A user is an administrator when any of these holds:
 

@@ -2,7 +2,7 @@
 
 A hub token whose scopes hold ``custom:sysmon:read`` (declared by the hub's
 ``c.JupyterHub.custom_scopes``) may read this server's sysmon routes, and nothing
-else: unlike ``access:servers`` it cannot run code here. See DESIGN.md, "Fleet".
+else: unlike ``access:servers`` it cannot run code here. See the fleet page, docs/fleet.md.
 
 How it fits jupyterhub's single-user extension: its identity provider
 (``JupyterHubIdentityProvider``) returns no user for a token without the server's

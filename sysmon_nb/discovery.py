@@ -1,6 +1,6 @@
 """Find the sysmon server's URL and credentials from inside a kernel.
 
-This is the one place the notebook side reads its environment. In order (DESIGN.md):
+This is the one place the notebook side reads its environment. In order (docs/notebook.md):
 
 1. explicit arguments (``url``, ``token``);
 2. ``SYSMON_URL`` / ``SYSMON_TOKEN``;

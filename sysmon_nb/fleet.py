@@ -1,7 +1,7 @@
 """FleetClient: every single-user server of a JupyterHub, each watched through its proxy.
 
 Under JupyterHub every single-user server runs the extension, so the fleet view is a
-client concern (DESIGN.md, "Fleet"): the hub's REST API lists the servers
+client concern (docs/fleet.md): the hub's REST API lists the servers
 (``GET hub/api/users``, paginated, named and stopped servers included), and one
 :class:`~sysmon_nb.client.StatusClient` per ready server streams
 ``user/<name>/<server>/sysmon/ws`` through the hub's proxy, each reconnecting on its own
@@ -219,6 +219,7 @@ class FleetClient:
         self.open_timeout = open_timeout
         self.on_change = on_change
         self._opening = asyncio.Semaphore(max(1, max_opening))
+        #: Every server of the last listing, by (user, server name).
         self.servers: dict[ServerKey, FleetServer] = {}
         #: The hub's model of the token's owner (after :meth:`check`).
         self.owner: dict[str, Any] | None = None

@@ -227,6 +227,7 @@ class FleetView(widgets.VBox):
         self.detail.children = (label, self.monitor.dashboard)
 
     def start(self) -> FleetView:
+        """Run on the current event loop (a Jupyter kernel's); returns ``self`` at once."""
         loop = asyncio.get_running_loop()
         self._started = time.monotonic()
         self.task = loop.create_task(self._run(), name=f"sysmon fleet {self.fleet.hub_url}")
@@ -290,7 +291,7 @@ def show_fleet(
     refresh: float = REFRESH_INTERVAL,
     token_env: str | None = None,
 ) -> FleetView:
-    """Show a live table of every server of a JupyterHub; returns its :class:`FleetView`.
+    """Show a live table of every server of a JupyterHub; returns its :class:`.FleetView`.
 
     ``hub_url`` and ``token`` default to ``SYSMON_HUB_URL`` and ``SYSMON_HUB_TOKEN``
     (an admin's token, or one with ``custom:sysmon:read``, ``list:users`` and

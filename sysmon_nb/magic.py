@@ -170,7 +170,7 @@ def show(
     token_env: str | None = None,
     scheme: str | None = None,
 ) -> Monitor:
-    """Show a live dashboard of this kernel's server; returns its :class:`Monitor`.
+    """Show a live dashboard of this kernel's server; returns its :class:`.Monitor`.
 
     Arguments as ``%sysmon``: ``metrics`` (groups, default all), ``window`` (seconds
     or ``"10m"``), ``history`` (samples asked for on connect; default fills the

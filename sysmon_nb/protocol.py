@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+#: The protocol version a server announces in its ``hello``.
 PROTOCOL_VERSION = 1
 
 #: Every metric group the protocol knows, in display order.

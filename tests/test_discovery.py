@@ -1,4 +1,5 @@
-"""discover(): URL and credentials in DESIGN.md's order, and a clear message otherwise."""
+"""discover(): URL and credentials in the documented order (docs/notebook.md), and a clear
+message otherwise."""
 
 from __future__ import annotations
 
