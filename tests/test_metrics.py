@@ -450,6 +450,22 @@ async def test_a_scrape_never_samples_nor_waits_on_the_sampler(
         sysmon.sampler.collectors.pop()
 
 
+async def test_a_scrape_is_not_the_users_activity(
+    sysmon: SysmonExtension, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    """The hub's idle culler reads the server's API activity: a scrape every 15 s, or a
+    dashboard polling the status route, must not keep an idle server alive."""
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    settings = jp_serverapp.web_app.settings
+    before = settings.get("api_last_activity")
+    for _ in range(3):
+        await jp_fetch("sysmon", "metrics")
+        await jp_fetch("sysmon", "api", "status")
+    assert settings.get("api_last_activity") == before
+    await jp_fetch("api", "contents")  # the user's own request does count
+    assert settings.get("api_last_activity") != before
+
+
 async def test_without_credentials_sysmon_metrics_is_403(
     sysmon: SysmonExtension, jp_fetch: Any
 ) -> None:
