@@ -1,20 +1,26 @@
-"""A stand-in for the hub's REST API, in this process: what a single-user server asks the
-hub about a token (``GET /hub/api/user``), answered from a table and counted.
+"""A stand-in for the hub's REST API, in a thread of this process: what a single-user
+server asks the hub about a token (``GET /hub/api/user``), answered from a table and
+counted.
 
 The real hub runs in tests/test_hub.py; this one lets fast tests count the calls that
-jupyterhub's own ``HubAuth`` makes (its cache, its request, its error handling: nothing of
-it is replaced) and make the hub unreachable at will.
+jupyterhub's own ``HubAuth`` makes in a real single-user-shaped server process (its
+cache, its request, its error handling: nothing of it is replaced). The server runs in
+its own process because jupyterhub's ``HubOAuth`` patches jupyter_server's handler
+classes for the whole process (its XSRF check), as it may in a server of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 from typing import Any
 
-import pytest
 from tornado import web
 from tornado.httpserver import HTTPServer
+
+from .servers import TOKEN
 
 #: The single-user server the stand-in's tokens are judged for: bob's default server.
 ACCESS_SCOPES = ["access:servers!server=bob/", "access:servers!user=bob"]
@@ -37,6 +43,9 @@ TOKENS: dict[str, dict[str, Any]] = {
     "other-reader-token": model("nosy", "custom:sysmon:read!user=alice"),
     "group-reader-token": model("ops", "custom:sysmon:read!group=ops"),
     "plain-token": model("eve", "read:users:name"),
+    "admin2-token": model("root2", "access:servers", admin=True),
+    # the token tests/servers.py's JupyterProcess waits with: an admin's here
+    TOKEN: model("ready", "access:servers", admin=True),
 }
 
 
@@ -67,28 +76,41 @@ class HubAPI:
         self.url = ""
 
     def start(self) -> None:
-        """Listen on a free port (on the running event loop)."""
+        """Listen on a free port, served by an event loop in a thread of its own."""
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         sock.setblocking(False)
-        self._server = HTTPServer(self._app)
-        self._server.add_sockets([sock])
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hub/api"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def listen() -> None:
+            self._server = HTTPServer(self._app)
+            self._server.add_sockets([sock])
+
+        asyncio.run_coroutine_threadsafe(listen(), self._loop).result(10)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        async def close() -> None:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
     def total(self, *tokens: str) -> int:
         return sum(self.calls.get(t, 0) for t in tokens) if tokens else sum(self.calls.values())
 
 
-def hub_env(monkeypatch: pytest.MonkeyPatch, api_url: str, base_url: str) -> None:
+def hub_env(api_url: str, base_url: str = "/") -> dict[str, str]:
     """The environment a spawner gives bob's single-user server, for jupyterhub's
     ``JupyterHubIdentityProvider`` (its ``HubOAuth`` reads it)."""
-    for name, value in {
+    return {
         "JUPYTERHUB_API_URL": api_url,
         "JUPYTERHUB_API_TOKEN": SERVER_TOKEN,
         "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-bob",
@@ -97,5 +119,4 @@ def hub_env(monkeypatch: pytest.MonkeyPatch, api_url: str, base_url: str) -> Non
         "JUPYTERHUB_SERVICE_PREFIX": base_url,
         "JUPYTERHUB_BASE_URL": "/",
         "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps(ACCESS_SCOPES),
-    }.items():
-        monkeypatch.setenv(name, value)
+    }

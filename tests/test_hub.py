@@ -190,7 +190,7 @@ def bob_kernel(hub: Hub, hub_headers: dict[str, dict[str, str]]) -> Iterator[str
 HUB_CELLS = [(identity, route) for identity in HUB_IDENTITIES for route in ROUTES]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # run alone, the first cell starts the hub and bob's server
 @pytest.mark.parametrize(("identity", "route"), HUB_CELLS, ids=[f"{i}-{r}" for i, r in HUB_CELLS])
 def test_hub_route(
     hub: Hub, hub_headers: dict[str, dict[str, str]], bob_kernel: str, identity: str, route: str

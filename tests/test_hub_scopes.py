@@ -1,21 +1,24 @@
 """Read-only hub credentials (jupyter_server_ext/hub_scopes.py): which scopes admit a
 reader to *this* server, what a re-check says, how often the hub is asked; then through
-a real jupyter_server running jupyterhub's own identity provider against a stand-in of
-the hub's API (tests/hub_api.py): reader admission, the hub calls it costs, and the
-connection slots kept for administrators. The real hub: tests/test_hub.py."""
+a real single-user-shaped server process (jupyterhub's own identity provider and
+authorizer) against a stand-in of the hub's API (tests/hub_api.py): reader admission,
+the hub calls it costs, and the connection slots kept for administrators. The real hub:
+tests/test_hub.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import websockets
 from jupyterhub.services.auth import HubAuth
 from tornado import web
-from tornado.httpclient import HTTPClientError
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from jupyter_server_ext.hub_scopes import (
     SYSMON_READ_SCOPE,
@@ -27,8 +30,9 @@ from jupyter_server_ext.hub_scopes import (
 )
 from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
 
-from .conftest import TEST_INTERVAL, eventually, recv_json
 from .hub_api import ACCESS_SCOPES, SERVER_TOKEN, HubAPI, hub_env, model
+from .servers import JupyterProcess, isolated_env
+from .test_routes import request
 
 # -- which scopes admit a reader here (pure) ----------------------------------------------
 
@@ -207,123 +211,116 @@ async def test_the_cache_is_bounded() -> None:
 
 # -- through a real server: jupyterhub's provider, the stand-in hub API --------------------
 
+#: bob's server, as a hub would configure it (small limits, to fill them)
+SERVER_CONFIG = {
+    "ServerApp": {
+        "identity_provider_class": "jupyterhub.singleuser.extension.JupyterHubIdentityProvider",
+        "authorizer_class": "jupyterhub.singleuser.extension.JupyterHubAuthorizer",
+    },
+    "SysmonExtension": {
+        "max_connections": 4,
+        "non_admin_share": 0.5,
+        "max_connections_per_identity": 2,
+        # longer than the tests however loaded the machine: the bound on hub calls is the
+        # point here, the period's end is tested above with a clock of the test's own
+        "reader_cache_seconds": 600,
+    },
+}
 
-@pytest.fixture
-def hub_api(
-    jp_asyncio_loop: Any, monkeypatch: pytest.MonkeyPatch, jp_base_url: str
-) -> Iterator[HubAPI]:
+
+@pytest.fixture(scope="module")
+def hub_api() -> Iterator[HubAPI]:
     api = HubAPI()
     api.start()
-    hub_env(monkeypatch, api.url, jp_base_url)
     yield api
     api.stop()
 
 
-@pytest.fixture
-def jp_server_config(hub_api: HubAPI, sysmon_config: dict[str, Any]) -> Any:
-    from jupyterhub.singleuser.extension import JupyterHubIdentityProvider
-
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {"jupyter_server_ext": True},
-            "identity_provider_class": JupyterHubIdentityProvider,
-        },
-        "SysmonExtension": {"interval": TEST_INTERVAL, "history": 50, **sysmon_config},
-    }
+@pytest.fixture(scope="module")
+def bobs_server(
+    hub_api: HubAPI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JupyterProcess]:
+    tmp = tmp_path_factory.mktemp("hub-shaped")
+    (tmp / "jupyter-config").mkdir()
+    (tmp / "jupyter-config" / "jupyter_server_config.json").write_text(json.dumps(SERVER_CONFIG))
+    server = JupyterProcess(tmp, env=isolated_env(tmp, **hub_env(hub_api.url)), interval=0.5)
+    yield server
+    server.stop()
 
 
 def token(value: str) -> dict[str, str]:
     return {"Authorization": f"token {value}"}
 
 
-async def status_code(jp_fetch: Any, *path: str, headers: dict[str, str]) -> int:
-    try:
-        reply = await jp_fetch(*path, headers=headers)
-    except HTTPClientError as err:
-        return err.code
-    return int(reply.code)
+def get(server: JupyterProcess, path: str, value: str) -> int:
+    return request(server.url + path, headers=token(value))[0]
 
 
-async def test_reader_requests_cost_the_hub_a_bounded_number_of_calls(
-    sysmon: Any, jp_fetch: Any, hub_api: HubAPI
+def test_reader_requests_cost_the_hub_a_bounded_number_of_calls(
+    bobs_server: JupyterProcess, hub_api: HubAPI
 ) -> None:
-    await eventually(lambda: sysmon.broadcaster.latest is not None)
     for _ in range(50):
-        assert (
-            await status_code(jp_fetch, "sysmon", "api", "status", headers=token("reader-token"))
-            == 200
-        )
+        assert get(bobs_server, "sysmon/api/status", "reader-token") == 200
     # the hub provider's cached look-up, and one fresh answer for the reader path
     assert hub_api.calls["reader-token"] <= 2, hub_api.calls
     for _ in range(50):
-        code = await status_code(jp_fetch, "sysmon", "metrics", headers=token("other-reader-token"))
-        assert code == 403
+        assert get(bobs_server, "sysmon/metrics", "other-reader-token") == 403
     assert hub_api.calls["other-reader-token"] <= 2, hub_api.calls
-    codes = await asyncio.gather(
-        *(status_code(jp_fetch, "sysmon", "api", "status", headers=token("reader2-token"))
-          for _ in range(20))
-    )  # fmt: skip
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(lambda _: get(bobs_server, "sysmon/metrics", "reader2-token"),
+                              range(40)))  # fmt: skip
     assert set(codes) == {200}
     assert hub_api.calls["reader2-token"] <= 2, hub_api.calls
-    # a reader's token opens nothing else of the server, and costs no more calls there
-    assert await status_code(jp_fetch, "api", "kernels", headers=token("reader-token")) == 403
-    assert await status_code(jp_fetch, "api", "contents", headers=token("reader-token")) == 403
+    # a reader's token opens nothing else of the server
+    assert get(bobs_server, "api/kernels", "reader-token") == 403
+    assert get(bobs_server, "api/contents", "reader-token") == 403
 
 
-@pytest.mark.parametrize(
-    "sysmon_config",
-    [{"max_connections": 4, "non_admin_share": 0.5, "max_connections_per_identity": 3}],
-    indirect=True,
-)
-async def test_readers_take_their_share_and_admins_keep_theirs(
-    sysmon: Any, ws_url: Any, http_server_client: Any
-) -> None:
+def ws(server: JupyterProcess, value: str) -> Any:
+    url = server.url.replace("http", "ws", 1) + "sysmon/ws?metrics=cpu"
+    return ws_connect(url, additional_headers=token(value), open_timeout=30)
 
-    def open_ws(value: str) -> Any:
-        return websockets.connect(ws_url("metrics=cpu"), additional_headers=token(value))
 
-    async def refused(value: str) -> tuple[int, str]:
-        with pytest.raises(websockets.InvalidStatus) as excinfo:
-            async with open_ws(value):
-                pass
-        response = excinfo.value.response
-        return response.status_code, json.loads(response.body)["message"]
+def hello(connection: Any) -> str:
+    return str(json.loads(connection.recv(timeout=30))["type"])
 
-    async with open_ws("reader-token") as r1, open_ws("reader3-token") as r2:
-        for ws in (r1, r2):
-            assert (await recv_json(ws))["type"] == "hello"
-        # readers hold their whole share: the next reader gets 429 with the reason...
-        code, reason = await refused("reader2-token")
+
+def refused(server: JupyterProcess, value: str) -> tuple[int, str]:
+    with pytest.raises(InvalidStatus) as excinfo, ws(server, value):
+        pass
+    response = excinfo.value.response
+    return response.status_code, json.loads(response.body)["message"]
+
+
+def test_readers_take_their_share_and_admins_keep_theirs(bobs_server: JupyterProcess) -> None:
+    # max_connections 4: readers 2 of them, 2 per identity
+    with ws(bobs_server, "reader-token") as r1, ws(bobs_server, "reader3-token") as r2:
+        assert hello(r1) == hello(r2) == "hello"
+        # readers hold their whole share: the next reader gets 429 with the reason ...
+        code, reason = refused(bobs_server, "reader2-token")
         assert code == 429 and "kept for administrators" in reason
-        code, _ = await refused("reader-token")
-        assert code == 429
-        # ... and an admin still connects, twice: the slots kept for administrators
-        async with open_ws("admin-token") as a1, open_ws("admin-token") as a2:
-            for ws in (a1, a2):
-                assert (await recv_json(ws))["type"] == "hello"
-            code, reason = await refused("admin-token")  # now the server is full
+        assert refused(bobs_server, "reader-token")[0] == 429
+        # ... and admins still connect: the slots kept for them
+        with ws(bobs_server, "admin-token") as a1, ws(bobs_server, "admin2-token") as a2:
+            assert hello(a1) == hello(a2) == "hello"
+            code, reason = refused(bobs_server, "admin2-token")  # now the server is full
             assert code == 503 and "too many" in reason
-    await eventually(lambda: sysmon.slots.held == 0)
 
 
-@pytest.mark.parametrize("sysmon_config", [{"max_connections_per_identity": 2}], indirect=True)
-async def test_one_identity_holds_at_most_its_cap(
-    sysmon: Any, ws_url: Any, http_server_client: Any
-) -> None:
-    def open_ws(value: str) -> Any:
-        return websockets.connect(ws_url("metrics=cpu"), additional_headers=token(value))
-
-    async with open_ws("admin-token") as a1, open_ws("admin-token") as a2:
-        for ws in (a1, a2):
-            assert (await recv_json(ws))["type"] == "hello"
-        with pytest.raises(websockets.InvalidStatus) as excinfo:
-            async with open_ws("admin-token"):
-                pass
-        assert excinfo.value.response.status_code == 429
-        message = json.loads(excinfo.value.response.body)["message"]
-        assert "at most 2 per identity" in message and "'root'" in message
-        async with open_ws("reader-token") as other:  # another identity is not affected
-            assert (await recv_json(other))["type"] == "hello"
-    await eventually(lambda: sysmon.slots.held == 0)
-    async with open_ws("admin-token") as again:  # the slots came back
-        assert (await recv_json(again))["type"] == "hello"
+def test_one_identity_holds_at_most_its_cap(bobs_server: JupyterProcess) -> None:
+    with ws(bobs_server, "admin-token") as a1, ws(bobs_server, "admin-token") as a2:
+        assert hello(a1) == hello(a2) == "hello"
+        code, reason = refused(bobs_server, "admin-token")
+        assert code == 429 and "at most 2 per identity" in reason and "'root'" in reason
+        with ws(bobs_server, "reader-token") as other:  # another identity is not affected
+            assert hello(other) == "hello"
+    # the slots come back when the connections close (the server notices a moment later)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with ws(bobs_server, "admin-token") as b1, ws(bobs_server, "admin-token") as b2:
+                assert hello(b1) == hello(b2) == "hello"
+            break
+        except InvalidStatus:
+            assert time.monotonic() < deadline, "the slots never came back"
+            time.sleep(0.1)

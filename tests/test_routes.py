@@ -199,7 +199,7 @@ def kernel_id(jwt_server: JupyterProcess) -> Iterator[str]:
 CELLS = [(identity, route) for identity in LOCAL for route in ROUTES]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # the first cell starts the server and its kernel
 @pytest.mark.parametrize(("identity", "route"), CELLS, ids=[f"{i}-{r}" for i, r in CELLS])
 def test_route(jwt_server: JupyterProcess, kernel_id: str, identity: str, route: str) -> None:
     got = probe(jwt_server.url, route, headers_for(identity), kernel_id)
