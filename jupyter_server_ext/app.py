@@ -167,7 +167,7 @@ class SysmonExtension(ExtensionApp):
     ).tag(config=True)
 
     max_connections_per_identity = Int(
-        10,
+        20,
         help="Most simultaneous WebSocket clients of one identity (a hub user or service, "
         "a JWT subject, the server's owner), administrators included; further upgrades "
         "get HTTP 429 with the reason. One token cannot take every slot.",
