@@ -257,7 +257,12 @@ def jupyter_server(
             **(server_app or {}),
         },
         "IdentityProvider": {"token": TOKEN},
-        "SysmonExtension": {"interval": 1.0, "max_connections": 100_000, **(sysmon or {})},
+        "SysmonExtension": {
+            "interval": 1.0,
+            "max_connections": 100_000,
+            "max_connections_per_identity": 100_000,  # every client is the owner here
+            **(sysmon or {}),
+        },
         **(extra or {}),
     }
     config_file = root / "jupyter_server_config.json"

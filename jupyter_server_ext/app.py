@@ -17,6 +17,7 @@ from typing import Any
 import tornado
 from jupyter_server.base.websocket import WS_PING_INTERVAL
 from jupyter_server.extension.application import ExtensionApp
+from prometheus_client import CollectorRegistry
 from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, List, Set, TraitError, Unicode, default, validate
 
@@ -40,10 +41,13 @@ from .errors import ConfigError
 from .fanout import missing_internals
 from .gpu import GpuCollector
 from .handlers import StatusAPIHandler, StatusWebSocketHandler
+from .hub_scopes import ReaderCache
 from .kernels import KernelDeaths, unix_time
-from .metrics import EXPORTER
+from .metrics import EXPORTER, Exporter
+from .metrics_route import MetricsHandler
 from .processes import ProcessesCollector, ProcessWalk, UsersCollector
 from .sampler import Collector, Sampler, StuckCall, default_timeout
+from .slots import ConnectionSlots
 
 #: How long the sampler waits for the server's managers to answer (s).
 MANAGER_TIMEOUT = 2.0
@@ -145,9 +149,46 @@ class SysmonExtension(ExtensionApp):
         help="Seconds between re-checks of a connected JupyterHub user's credentials.",
     ).tag(config=True)
 
+    hub_outage_grace = Float(
+        120.0,
+        help="Seconds a connection stays open while the hub cannot be reached to re-check "
+        "its credentials (a hub restart). Then it is closed with 1013 (try again later): "
+        "clients reconnect with their backoff and are admitted again once the hub "
+        "answers. A connection whose rights were revoked during the outage thus streams "
+        "at most revalidate_interval + hub_outage_grace seconds longer. 0 closes at the "
+        "first re-check the hub does not answer.",
+    ).tag(config=True)
+
     max_connections = Int(
         100,
-        help="Most simultaneous WebSocket clients; further upgrades get HTTP 503.",
+        help="Most simultaneous WebSocket clients; further upgrades get HTTP 503. Of "
+        "these, non-administrators hold at most non_admin_share, and one identity at "
+        "most max_connections_per_identity (HTTP 429 beyond either).",
+    ).tag(config=True)
+
+    max_connections_per_identity = Int(
+        20,
+        help="Most simultaneous WebSocket clients of one identity (a hub user or service, "
+        "a JWT subject, the server's owner), administrators included; further upgrades "
+        "get HTTP 429 with the reason. One token cannot take every slot.",
+    ).tag(config=True)
+
+    non_admin_share = Float(
+        0.5,
+        help="Share of max_connections (rounded down) that non-administrators (hub "
+        "readers with custom:sysmon:read) may hold together; the rest is kept for "
+        "administrators, who may use every slot. A reader beyond it gets HTTP 429 with "
+        "the reason. 0 keeps every slot for administrators.",
+    ).tag(config=True)
+
+    reader_cache_seconds = Float(
+        10.0,
+        help="Seconds the hub's answer about a custom:sysmon:read token (admitted or "
+        "refused) is reused for its requests and re-checks, under JupyterHub: many "
+        "requests, connections or refusals of one token cost at most one hub call per "
+        "period. A revoked reader token is refused at the door at most this long after "
+        "the hub revoked it (connected ones: see revalidate_interval). 0 asks the hub on "
+        "every request (concurrent requests still share one call).",
     ).tag(config=True)
 
     client_buffer = Int(
@@ -192,9 +233,22 @@ class SysmonExtension(ExtensionApp):
 
     prometheus = Bool(
         True,
-        help="Export the latest sample as sysmon_* metrics on the server's own /metrics "
-        "(Prometheus), under the server's ServerApp.authenticate_prometheus rule. A "
-        "scrape reads the last sample; it never samples.",
+        help="Serve the latest sample as sysmon_* metrics (Prometheus text) on "
+        "sysmon/metrics, behind the same admission as sysmon/ws: administrators, hub "
+        "readers with custom:sysmon:read, the owner where allow_owner is on. A scrape "
+        "reads the last sample; it never samples. False: sysmon/metrics answers 404.",
+    ).tag(config=True)
+
+    jupyter_server_metrics = Bool(
+        False,
+        help="Also put the sysmon_* metrics on jupyter_server's own /metrics (with "
+        "prometheus on). That route does not use sysmon's admission: with "
+        "ServerApp.authenticate_prometheus on (the default) anyone logged in to this "
+        "server reads it (the owner, and under JupyterHub every user the hub lets use "
+        "the server, shared access included), with it off anyone who can reach the "
+        "server; each of them then reads every unix user's memory, CPU and processes "
+        "count, every filesystem, the kernels and GPUs of the whole machine. Leave it "
+        "off and scrape sysmon/metrics.",
     ).tag(config=True)
 
     @default("allow_owner")
@@ -208,19 +262,33 @@ class SysmonExtension(ExtensionApp):
             raise ConfigError(f"SysmonExtension.interval must be > 0 seconds, got {value}")
         return value
 
-    @validate("history", "top_processes", "top_users", "revalidate_interval")
+    @validate(
+        "history",
+        "top_processes",
+        "top_users",
+        "revalidate_interval",
+        "hub_outage_grace",
+        "reader_cache_seconds",
+    )
     def _validate_non_negative(self, proposal: Any) -> Any:
         if proposal["value"] < 0:
             name = proposal["trait"].name
             raise ConfigError(f"SysmonExtension.{name} must be >= 0, got {proposal['value']}")
         return proposal["value"]
 
-    @validate("max_connections", "client_buffer")
+    @validate("max_connections", "client_buffer", "max_connections_per_identity")
     def _validate_positive(self, proposal: Any) -> Any:
         if proposal["value"] < 1:
             name = proposal["trait"].name
             raise ConfigError(f"SysmonExtension.{name} must be >= 1, got {proposal['value']}")
         return proposal["value"]
+
+    @validate("non_admin_share")
+    def _validate_share(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not 0 <= value <= 1:
+            raise ConfigError(f"SysmonExtension.non_admin_share must be 0..1, got {value}")
+        return value
 
     @validate("alert_rules")
     def _validate_alert_rules(self, proposal: Any) -> list[dict[str, Any]]:
@@ -258,6 +326,13 @@ class SysmonExtension(ExtensionApp):
         #: Random for this process's life; clients tell samples apart by (server_id, seq).
         self.server_id = uuid.uuid4().hex
         self.connections: set[StatusWebSocketHandler] = set()
+        self.slots = ConnectionSlots(
+            self.max_connections, self.max_connections_per_identity, self.non_admin_share
+        )
+        self.readers = ReaderCache(self.reader_cache_seconds)
+        #: sysmon/metrics' own registry: only sysmon's exporter, never the global one
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.exporter = Exporter(self.metrics_registry)
         self._all_closed = asyncio.Event()
         self.broadcaster = SystemStatusBroadcaster(self.history, self.client_buffer)
         self.use_fast_path = self._check_fast_path()
@@ -336,6 +411,7 @@ class SysmonExtension(ExtensionApp):
             [
                 (r"/sysmon/ws", StatusWebSocketHandler, kwargs),
                 (r"/sysmon/api/status", StatusAPIHandler, kwargs),
+                (r"/sysmon/metrics", MetricsHandler, kwargs),
             ]
         )
 
@@ -375,7 +451,9 @@ class SysmonExtension(ExtensionApp):
         self._loop = asyncio.get_running_loop()
         self.sampler.start()
         if self.prometheus:
-            EXPORTER.attach(self)
+            self.exporter.attach(self)
+            if self.jupyter_server_metrics:
+                EXPORTER.attach(self)  # jupyter_server's /metrics: see the trait's help
         settings = serverapp.web_app.settings
         interval_ms = settings.get("ws_ping_interval", WS_PING_INTERVAL)
         if interval_ms > 0:
@@ -389,6 +467,7 @@ class SysmonExtension(ExtensionApp):
         """Stop sampling and close every connection with 1001."""
         if not hasattr(self, "sampler"):
             return
+        self.exporter.detach(self)
         EXPORTER.detach(self)
         if self._keepalive is not None:
             self._keepalive.stop()

@@ -18,8 +18,10 @@ A user is an administrator when any of these holds:
 
 Admission is checked once, before the upgrade; :class:`CredentialsWatcher` keeps it
 true while a connection lasts (JWT expiry, JupyterHub re-checks). A re-check that
-cannot reach the hub is retried; any other failure closes the connection with 1011. The JWT identity
-provider lives in :mod:`jupyter_server_ext.jwt_auth` and is importable from here.
+cannot reach the hub is retried for ``hub_outage_grace`` seconds, then the connection
+closes with 1013 (try again later: the client reconnects once the hub answers); any
+other failure closes it with 1011. The JWT identity provider lives in
+:mod:`jupyter_server_ext.jwt_auth` and is importable from here.
 """
 
 from __future__ import annotations
@@ -39,13 +41,19 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_INTERNAL_ERROR, CLOSE_NOT_ADMIN
+from sysmon_nb.protocol import (
+    CLOSE_CREDENTIALS_EXPIRED,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NOT_ADMIN,
+    quote,
+)
 
 from .errors import InvalidCredentials
-from .hub_scopes import HubReader, recheck_reader
+from .hub_scopes import HubReader, ReaderCache, recheck_reader
 from .jwt_auth import JWTIdentityProvider, JWTUser
 
 __all__ = [
+    "CLOSE_TRY_AGAIN_LATER",
     "AdminPolicy",
     "CredentialsWatcher",
     "Decision",
@@ -72,6 +80,15 @@ def owner_rule_applies(provider: object) -> bool:
 
 
 log = logging.getLogger(__name__)
+
+#: WebSocket close code "try again later" (RFC 6455 registry): the credentials could not
+#: be re-checked for ``hub_outage_grace`` seconds. Not a verdict on the user (that is
+#: 4401/4403, after which clients stop), not a fault of the server (1011): the client
+#: reconnects with its backoff, and is admitted again once the hub vouches for it.
+CLOSE_TRY_AGAIN_LATER = 1013
+
+#: Characters of an error from the hub quoted in a log line.
+LOGGED_ERROR_CHARS = 200
 
 #: A re-check's verdict: None to keep the connection, or (close code, reason).
 Verdict = tuple[int, str] | None
@@ -139,7 +156,7 @@ class AdminPolicy:
             return Decision(True, "authenticated with this server's own credentials")
         return Decision(
             False,
-            f"user {name!r} is not an administrator; system status is only for"
+            f"user {quote(name, 80)!r} is not an administrator; system status is only for"
             " administrators of this server",
         )
 
@@ -148,7 +165,9 @@ class CredentialsWatcher:
     """Closes one connection when its credentials stop admitting it.
 
     ``close(code, reason)`` is called at most once: with 4401 at ``expires_at`` (unix
-    s), or with the verdict of ``revalidate()``, awaited every ``interval`` seconds.
+    s, read on ``clock``, the wall clock by default), or with the verdict of
+    ``revalidate()``, awaited every ``interval`` seconds; with 1013 once ``revalidate``
+    has found the hub unreachable for ``grace`` seconds (on the event loop's clock).
     Call :meth:`start` once the connection is open (on the event loop) and
     :meth:`stop` when it closes; ``stop`` is idempotent.
     """
@@ -160,12 +179,16 @@ class CredentialsWatcher:
         revalidate: Callable[[], Awaitable[Verdict]] | None = None,
         interval: float = 60.0,
         log: logging.Logger | logging.LoggerAdapter[Any] = log,
+        grace: float = 120.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.expires_at = expires_at
         self.log = log
         self._close = close
         self._revalidate = revalidate
         self._interval = interval
+        self._grace = grace
+        self._clock = clock
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._done = False
@@ -190,7 +213,7 @@ class CredentialsWatcher:
         # Re-armed until the wall clock says exp has come: loop timers may fire a hair
         # early, and the wall clock may have been stepped since the timer was set.
         assert self.expires_at is not None
-        remaining = self.expires_at - time.time()
+        remaining = self.expires_at - (self._clock() if self._clock else time.time())
         if remaining > 0:
             self._timer = asyncio.get_running_loop().call_later(remaining, self._expire)
             return
@@ -205,9 +228,12 @@ class CredentialsWatcher:
 
     async def _recheck_forever(self) -> None:
         assert self._revalidate is not None
-        unreachable = False
+        loop = asyncio.get_running_loop()
+        unreachable_since: float | None = None
+        delay = self._interval
         while not self._done:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(delay)
+            delay = self._interval
             try:
                 verdict = await self._revalidate()
             except asyncio.CancelledError:
@@ -223,19 +249,34 @@ class CredentialsWatcher:
                     self._finish(CLOSE_INTERNAL_ERROR, "could not re-check credentials")
                     return
                 # The hub being briefly unreachable (a restart) says nothing about the
-                # user; try again next time rather than drop every admin at once.
-                if not unreachable:
+                # user; try again rather than drop every admin at once. But not for
+                # ever: a revoked admin must not stream through a whole outage.
+                now = loop.time()
+                if unreachable_since is None:
+                    unreachable_since = now
                     self.log.warning(
                         "sysmon: could not reach the hub to re-check credentials (%s); "
-                        "retrying every %g s",
-                        err,
+                        "retrying every %g s, closing after %g s without an answer",
+                        quote(str(err), LOGGED_ERROR_CHARS),
                         self._interval,
+                        self._grace,
                     )
-                unreachable = True
+                waited = now - unreachable_since
+                if waited >= self._grace:
+                    self.log.warning(
+                        "sysmon: closing with 1013: the hub has not answered a credentials "
+                        "re-check for %.0f s (hub_outage_grace)",
+                        waited,
+                    )
+                    self._finish(
+                        CLOSE_TRY_AGAIN_LATER, "cannot re-check credentials: hub unreachable"
+                    )
+                    return
+                delay = min(self._interval, self._grace - waited)
                 continue
-            if unreachable:
+            if unreachable_since is not None:
                 self.log.info("sysmon: reached the hub again; credentials re-checked")
-                unreachable = False
+                unreachable_since = None
             if verdict is not None:
                 self._finish(*verdict)
 
@@ -257,9 +298,16 @@ def hub_unreachable(err: BaseException) -> bool:
     return False
 
 
-def watch_credentials(handler: Any, policy: AdminPolicy, interval: float) -> CredentialsWatcher:
+def watch_credentials(
+    handler: Any,
+    policy: AdminPolicy,
+    interval: float,
+    readers: ReaderCache,
+    grace: float = 120.0,
+) -> CredentialsWatcher:
     """The watcher for an admitted WebSocket ``handler``: its JWT's ``exp``, or under
-    JupyterHub a re-check of its hub token every ``interval`` s."""
+    JupyterHub a re-check of its hub token every ``interval`` s (readers' through
+    ``readers``), closing after ``grace`` s of an unreachable hub."""
     user = handler.current_user
     expires_at = getattr(user, "expires_at", None)
     revalidate = None
@@ -270,17 +318,26 @@ def watch_credentials(handler: Any, policy: AdminPolicy, interval: float) -> Cre
         if token:
 
             async def revalidate() -> Verdict:
-                return await recheck_hub_user(hub_auth, token, user, policy)
+                return await recheck_hub_user(hub_auth, token, user, policy, readers)
 
         else:
             handler.log.warning("sysmon: no hub token to re-check for %s", user.username)
-    return CredentialsWatcher(handler.close, expires_at, revalidate, interval, handler.log)
+    return CredentialsWatcher(
+        handler.close, expires_at, revalidate, interval, handler.log, grace=grace
+    )
 
 
-async def recheck_hub_user(hub_auth: Any, token: str, user: Any, policy: AdminPolicy) -> Verdict:
-    """Ask the hub again, bypassing its cache, whether ``token`` still admits ``user``."""
+async def recheck_hub_user(
+    hub_auth: Any,
+    token: str,
+    user: Any,
+    policy: AdminPolicy,
+    readers: ReaderCache | None = None,
+) -> Verdict:
+    """Ask the hub again, bypassing its cache, whether ``token`` still admits ``user``
+    (a reader's answer is shared through ``readers``, see :class:`ReaderCache`)."""
     if isinstance(user, HubReader):
-        return await recheck_reader(hub_auth, token, user)
+        return await recheck_reader(hub_auth, token, user, readers or ReaderCache(0.0))
     model = await hub_auth.user_for_token(token, use_cache=False, sync=False)
     if not model or model.get("name") != user.username:
         return (CLOSE_CREDENTIALS_EXPIRED, "credentials expired or revoked")

@@ -2,7 +2,8 @@
 
 Both follow jupyter_server's own handlers: authentication first (``ws_authenticated``
 / ``web.authenticated``), then the server's authorizer for ``read`` on ``sysmon``,
-then our admin policy. Refusals are JSON, before any upgrade.
+then our admin policy (:mod:`.admission`); the WebSocket then takes a connection slot
+(:mod:`.slots`). Refusals are JSON, before any upgrade.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import asyncio
 import copy
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
@@ -44,15 +44,11 @@ from sysmon_nb.protocol import (
     quote,
 )
 
+from .admission import ADMIN, AUTH_RESOURCE, SysmonRoute
 from .auth import CredentialsWatcher, watch_credentials
 from .broadcaster import Subscriber
 from .fanout import PING_FRAME, Frame, NotShareable, SysmonProtocol, framing, write_frame
-from .hub_scopes import HubReader, with_readers
-
-if TYPE_CHECKING:
-    from .app import SysmonExtension
-
-AUTH_RESOURCE = "sysmon"
+from .slots import Refusal, Slot, identity_of
 
 #: Bytes of replies (``error``, ``subscribed``) a client may leave unread, that is queued
 #: in the server because its socket buffers are full, before it is closed with 1008: a
@@ -73,38 +69,7 @@ _UNKNOWN: Any = object()
 _OWN_CONTEXT: Any = object()
 
 
-class _SysmonAuthMixin:
-    """The checks shared by both routes: authorizer, then admin policy."""
-
-    extension: SysmonExtension
-
-    def initialize(self, extension: SysmonExtension) -> None:
-        self.extension = extension
-
-    @property
-    def identity_provider(self) -> Any:
-        """The server's, admitting ``custom:sysmon:read`` hub tokens here only."""
-        return with_readers(super().identity_provider)  # type: ignore[misc]
-
-    async def _authorize_admin(self) -> None:
-        handler: Any = self
-        user = handler.current_user
-        if isinstance(user, HubReader):
-            return  # the hub granted custom:sysmon:read for this server (hub_scopes)
-        allowed = await ensure_async(
-            handler.authorizer.is_authorized(handler, user, "read", AUTH_RESOURCE)
-        )
-        if not allowed:
-            raise web.HTTPError(403, "not authorized to read system status")
-        decision = self.extension.policy.check(user)
-        if not decision.allowed:
-            handler.log.warning(
-                "sysmon: refused %s: %s", handler.request.remote_ip, decision.reason
-            )
-            raise web.HTTPError(403, decision.reason)
-
-
-class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
+class StatusWebSocketHandler(SysmonRoute, WebSocketMixin, WebSocketHandler, JupyterHandler):
     """``GET sysmon/ws``: hello, optional history, then a status frame per sample."""
 
     auth_resource = AUTH_RESOURCE
@@ -113,6 +78,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
     _subscriber: Subscriber | None = None
     _metrics: tuple[str, ...] = ()
     _history: int | None = None
+    _slot: Slot | None = None
     _counted = False
     _unread_reply_bytes = 0
     _bad_logged_at: float | None = None
@@ -151,7 +117,7 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         return protocol
 
     async def pre_get(self) -> None:
-        await self._authorize_admin()
+        access = await self._authorize_admin()
         ext = self.extension
         try:
             self._metrics = parse_metrics(self.get_argument("metrics", ""), ext.metrics)
@@ -160,8 +126,11 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
             raise web.HTTPError(400, err.message) from None
         # Asked for history: always answer with a history frame, capped to what is kept.
         self._history = min(asked, ext.history) if asked else None
-        if len(ext.connections) >= ext.max_connections:
-            raise web.HTTPError(503, f"too many sysmon connections (max {ext.max_connections})")
+        identity = identity_of(self.current_user, ext.policy.single_user_provider)
+        slot = ext.slots.take(identity, admin=access == ADMIN)
+        if isinstance(slot, Refusal):
+            raise web.HTTPError(slot.status, slot.reason)
+        self._slot = slot
         ext.connections.add(self)
         self._counted = True
 
@@ -179,7 +148,9 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
         # pings every connection from one timer instead (keepalive below), by its rules.
         self.last_ping = self.last_pong = IOLoop.current().time()
         ext = self.extension
-        self._watcher = watch_credentials(self, ext.policy, ext.revalidate_interval)
+        self._watcher = watch_credentials(
+            self, ext.policy, ext.revalidate_interval, ext.readers, ext.hub_outage_grace
+        )
         hello = Hello(
             server=ext.version,
             host=ext.host,
@@ -312,6 +283,9 @@ class StatusWebSocketHandler(_SysmonAuthMixin, WebSocketMixin, WebSocketHandler,
                     sub.lagged,
                     sub.lagged + sub.delivered,
                 )
+        if self._slot is not None:
+            self.extension.slots.release(self._slot)
+            self._slot = None
         if self._counted:
             self.extension.connection_closed(self)
             self._counted = False
@@ -381,10 +355,12 @@ def _retrieve(future: Any) -> None:
         future.exception()
 
 
-class StatusAPIHandler(_SysmonAuthMixin, APIHandler):
+class StatusAPIHandler(SysmonRoute, APIHandler):
     """``GET sysmon/api/status``: the latest sample, same shape as a status frame."""
 
     auth_resource = AUTH_RESOURCE
+    #: watching the server is not using it: it must not keep an idle server from culling
+    _track_activity = False
 
     @web.authenticated
     async def get(self) -> None:

@@ -5,6 +5,16 @@ and configure ``c.JWTIdentityProvider``. A request whose ``Authorization`` heade
 ``Bearer <jwt>`` is verified with PyJWT against the configured key and claims; any
 other request falls back to the server's own token and password-cookie auth.
 
+A JWT is a monitoring credential: it is verified only for a request to a handler that
+is a :class:`MonitoringRoute` (sysmon's routes). On every other route of the server
+(kernels and their channels, sessions, contents, terminals, ``api/me``, pages,
+jupyter_server's ``/metrics``, any other extension's) a request that presents a JWT is
+not authenticated at all. The rule lives in the provider, the one place every handler
+asks "who is this?", and in the handler's class, not in a URL pattern or an
+``Authorizer`` setting: no configuration can forget it (a custom authorizer, a route that
+only checks ``@web.authenticated`` and never asks the authorizer, a ``base_url``), and a
+route added later admits JWTs only if its class says so.
+
 Nothing in a token is trusted before its signature is: the algorithm comes from the
 configured list (never from the token), the key from configuration or the JWKS
 endpoint, and ``exp``, ``iss`` and ``aud`` must be present and right.
@@ -23,6 +33,8 @@ import jwt
 from jupyter_server.auth.identity import PasswordIdentityProvider, User
 from tornado import web
 from traitlets import Float, List, Unicode, validate
+
+from sysmon_nb.protocol import quote
 
 from .errors import ConfigError, InvalidCredentials
 
@@ -52,8 +64,17 @@ JWKS_REFRESH_COOLDOWN = 10.0
 #: Timeout of one request to the JWKS endpoint (s).
 JWKS_TIMEOUT = 10.0
 
+#: Characters of a token's (or its header's) client-controlled text that reach a log line
+#: or an error: a made-up 40 KB ``kid`` must not become a 40 KB line per request.
+LOGGED_CHARS = 200
+
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"bearer\s+(\S+)\s*", re.IGNORECASE)
+
+
+class MonitoringRoute:
+    """Marker base class of the handlers that admit monitoring credentials (sysmon's
+    routes): only for these does :class:`JWTIdentityProvider` verify a bearer JWT."""
 
 
 @dataclass
@@ -95,7 +116,7 @@ class _JWKSKeys:
             except jwt.PyJWKClientError as err:
                 raise InvalidCredentials(f"JWKS: {err}") from None
         if key is None:
-            raise InvalidCredentials(f"no JWKS key with kid {kid!r}")
+            raise InvalidCredentials(f"no JWKS key with kid {kid!r}")  # cut where logged
         return key.key
 
     @staticmethod
@@ -241,12 +262,23 @@ class JWTIdentityProvider(PasswordIdentityProvider):
         token = self.bearer_jwt(handler)
         if token is None:
             return await self._get_user(handler)
+        if not isinstance(handler, MonitoringRoute):
+            # A monitoring credential opens sysmon's routes and nothing else: judged by
+            # the JWT alone, the request is not authenticated here (403, or the login
+            # page). Not verified either: no key lookup for a route it cannot open.
+            self.log.debug(
+                "sysmon: a bearer JWT opens only sysmon's routes, not %s",
+                quote(handler.request.path, LOGGED_CHARS),
+            )
+            return None
         try:
             claims = await self.verify(token)
             user = self.user_from_claims(claims)
         except InvalidCredentials as err:
             self.log.warning(
-                "sysmon: refused a bearer JWT from %s: %s", handler.request.remote_ip, err
+                "sysmon: refused a bearer JWT from %s: %s",
+                handler.request.remote_ip,
+                quote(str(err), LOGGED_CHARS),
             )
             return None
         # As token auth does: a header browsers never send by themselves, so no origin

@@ -1,6 +1,7 @@
-"""The Prometheus export: the latest sample as ``sysmon_*`` metrics on jupyter_server's
-own ``/metrics`` (prometheus_client's default registry, behind the server's
-``authenticate_prometheus`` rule).
+"""The Prometheus export: the latest sample as ``sysmon_*`` metrics on ``sysmon/metrics``
+(the extension's own registry, behind sysmon's admission: :mod:`.metrics_route`), and on
+jupyter_server's ``/metrics`` (prometheus_client's default registry) only where
+``jupyter_server_metrics`` turns that on.
 
 A scrape reads the sample the sampler already published (``broadcaster.latest``): it
 never samples and never waits on the sampler's thread, so a scrape costs the same
@@ -472,5 +473,6 @@ def _offered(source: Source) -> tuple[str, ...]:
     return tuple(g for g in WANTED_GROUPS if g in offered)
 
 
-#: The exporter behind jupyter_server's ``/metrics``.
+#: The exporter behind jupyter_server's ``/metrics`` (default registry), attached only with
+#: ``SysmonExtension.jupyter_server_metrics``.
 EXPORTER = Exporter()

@@ -6,16 +6,19 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
 import websockets
-from jupyter_server.auth import IdentityProvider, User
+from jupyter_server.auth import Authorizer, IdentityProvider, User
 from tornado import web
 from tornado.httpclient import HTTPClientError
 
 from jupyter_server_ext import auth as auth_module
+from jupyter_server_ext.admission import scrub_uri
 from jupyter_server_ext.auth import (
+    CLOSE_TRY_AGAIN_LATER,
     AdminPolicy,
     CredentialsWatcher,
     hub_unreachable,
@@ -444,3 +447,235 @@ def test_owner_rule_only_for_single_user_providers() -> None:
         .check(owner)
         .allowed
     )
+
+
+# -- expiry at exp, not later (a clock seam, no wall-clock bound) ---------------------------
+
+
+class Clock:
+    """A wall clock the test moves."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_expiry_timer_is_set_for_exp_and_closes_at_exp_not_later() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        clock = Clock(1000.0)
+        close = Closes()
+        watcher = CredentialsWatcher(close, expires_at=1005.0, clock=clock)
+        watcher.start()
+        timer = watcher._timer
+        assert timer is not None
+        assert abs(timer.when() - (loop.time() + 5.0)) < 0.05  # due at exp, by the clock
+        # the loop's timer fires a hair before exp by the wall clock: set again, no close
+        timer.cancel()
+        clock.now = 1004.99
+        watcher._expire()
+        assert close.calls == []
+        assert watcher._timer is not None
+        assert abs(watcher._timer.when() - (loop.time() + 0.01)) < 0.05
+        # at exp exactly: closed there and then
+        watcher._timer.cancel()
+        clock.now = 1005.0
+        watcher._expire()
+        assert close.calls == [(CLOSE_CREDENTIALS_EXPIRED, "credentials expired")]
+        assert watcher._timer is None
+
+    asyncio.run(scenario())
+
+
+# -- a hub that stays unreachable: bounded by hub_outage_grace --------------------------------
+
+
+def test_an_unreachable_hub_closes_1013_after_the_grace_not_before() -> None:
+    async def revalidate() -> Any:
+        raise ConnectionRefusedError(111, "refused")
+
+    async def scenario() -> tuple[float, Closes, int]:
+        loop = asyncio.get_running_loop()
+        close = Closes()
+        asked = 0
+
+        async def counting() -> Any:
+            nonlocal asked
+            asked += 1
+            return await revalidate()
+
+        watcher = CredentialsWatcher(close, revalidate=counting, interval=0.05, grace=0.3)
+        started = loop.time()
+        watcher.start()
+        await settle(lambda: close.calls)
+        return loop.time() - started, close, asked
+
+    took, close, asked = asyncio.run(scenario())
+    assert close.calls == [(CLOSE_TRY_AGAIN_LATER, "cannot re-check credentials: hub unreachable")]
+    assert took >= 0.05 + 0.3  # the first failure, then the whole grace
+    assert asked >= 2  # retried in between
+
+
+def test_a_grace_of_zero_closes_at_the_first_unanswered_recheck() -> None:
+    async def revalidate() -> Any:
+        raise TimeoutError()
+
+    async def scenario() -> Closes:
+        close = Closes()
+        CredentialsWatcher(close, revalidate=revalidate, interval=0.02, grace=0.0).start()
+        await settle(lambda: close.calls)
+        return close
+
+    assert asyncio.run(scenario()).calls[0][0] == CLOSE_TRY_AGAIN_LATER
+
+
+@pytest.mark.parametrize("server_config", [HUB_PROVIDER], indirect=True)
+@pytest.mark.parametrize(
+    "sysmon_config", [{"revalidate_interval": 0.1, "hub_outage_grace": 0.4}], indirect=True
+)
+@pytest.mark.parametrize("hub_failure", [ConnectionRefusedError(111, "refused")], indirect=True)
+async def test_a_hub_outage_longer_than_the_grace_closes_1013_and_says_so(
+    hub_failure: Exception, connect: Any, server_log: list[logging.LogRecord]
+) -> None:
+    async with connect("metrics=cpu", headers=HUB_TOKEN) as bystander_free:
+        assert (await recv_json(bystander_free))["type"] == "hello"
+        with pytest.raises(websockets.ConnectionClosed) as excinfo:
+            for _ in range(200):
+                await recv_json(bystander_free)
+    assert excinfo.value.rcvd is not None
+    assert excinfo.value.rcvd.code == CLOSE_TRY_AGAIN_LATER
+    assert len(StandInHubAuth.calls) >= 2  # retried within the grace first
+    messages = [r.getMessage() for r in server_log]
+    assert len([m for m in messages if "could not reach the hub" in m]) == 1
+    (closing,) = [m for m in messages if "closing with 1013" in m]
+    assert "hub_outage_grace" in closing
+
+
+# -- the server's authorizer is asked, and its no is final --------------------------------
+
+
+class DenySysmon(Authorizer):
+    """An authorizer that allows everything but reading sysmon."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return resource != "sysmon"
+
+
+@pytest.mark.parametrize("server_config", [{"authorizer_class": DenySysmon}], indirect=True)
+async def test_an_authorizer_that_denies_sysmon_is_obeyed_on_every_route(
+    connect: Any, jp_fetch: Any, sysmon: Any
+) -> None:
+    with pytest.raises(websockets.InvalidStatus) as excinfo:  # the owner: an admin otherwise
+        async with connect("metrics=cpu"):
+            pass
+    assert excinfo.value.response.status_code == 403
+    assert "not authorized" in json.loads(excinfo.value.response.body)["message"]
+    for path in (("sysmon", "api", "status"), ("sysmon", "metrics")):
+        with pytest.raises(HTTPClientError) as refused:
+            await jp_fetch(*path)
+        assert refused.value.code == 403, path
+    assert (await jp_fetch("api", "status")).code == 200  # the rest of the server is its call
+    assert not sysmon.connections and sysmon.slots.held == 0
+
+
+# -- refusals log no credentials ------------------------------------------------------------
+
+
+@pytest.fixture
+def all_logs() -> Iterator[list[logging.LogRecord]]:
+    """Every record of the server's, tornado's and sysmon's loggers from now on."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep(logging.DEBUG)
+    loggers = [logging.getLogger(n) for n in ("ServerApp", "tornado", "SysmonExtension")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(keep)
+        logger.setLevel(logging.DEBUG)
+    yield records
+    for logger, level in zip(loggers, levels):
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+
+
+def logged(records: list[logging.LogRecord]) -> str:
+    return "\n".join(r.getMessage() for r in records)
+
+
+@pytest.mark.parametrize("sysmon_config", [{"allow_owner": False}], indirect=True)
+async def test_refusals_log_the_uri_without_the_token(
+    jp_fetch: Any, sysmon: Any, all_logs: list[logging.LogRecord], jp_auth_header: Any
+) -> None:
+    secret = jp_auth_header["Authorization"].split()[1]
+    for path, params, code in [
+        (("sysmon", "api", "status"), {"token": secret}, 403),  # not an administrator
+        (("sysmon", "metrics"), {"token": secret, "x": "1"}, 403),
+        (("sysmon", "api", "status"), {"metrics": "bogus", "access_token": secret}, 403),
+    ]:
+        with pytest.raises(HTTPClientError) as refused:
+            await jp_fetch(*path, params=params, headers={"Authorization": ""})
+        assert refused.value.code == code
+    text = logged(all_logs)
+    assert "not an administrator" in text  # the refusals were logged, with their reason ...
+    assert "sysmon/metrics?token=[secret]&x=1" in text  # ... and the URI, scrubbed
+    assert secret not in text
+
+
+@pytest.mark.parametrize("sysmon_config", [{"max_connections_per_identity": 1}], indirect=True)
+async def test_websocket_refusals_log_the_uri_without_the_token(
+    connect: Any, ws_url: Any, all_logs: list[logging.LogRecord], jp_auth_header: Any
+) -> None:
+    secret = jp_auth_header["Authorization"].split()[1]
+
+    def open_ws(query: str) -> Any:
+        return websockets.connect(ws_url(f"{query}&token={secret}"), open_timeout=10)
+
+    with pytest.raises(websockets.InvalidStatus) as bad:  # 400: a bad query
+        async with open_ws("metrics=bogus"):
+            pass
+    assert bad.value.response.status_code == 400
+    async with open_ws("metrics=cpu") as ws:  # the token in the URL admits the owner ...
+        assert (await recv_json(ws))["type"] == "hello"
+        with pytest.raises(websockets.InvalidStatus) as over:  # ... once: 429 the second time
+            async with open_ws("metrics=memory"):
+                pass
+        assert over.value.response.status_code == 429
+    text = logged(all_logs)
+    assert "400 GET" in text and "429 GET" in text
+    assert "sysmon/ws?metrics=memory&token=[secret]" in text
+    assert secret not in text
+
+
+async def test_an_unknown_failure_logs_the_uri_without_the_token(
+    jp_fetch: Any, sysmon: Any, all_logs: list[logging.LogRecord], jp_auth_header: Any
+) -> None:
+    secret = jp_auth_header["Authorization"].split()[1]
+
+    def broken(metrics: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    sysmon.status_for_api = broken
+    with pytest.raises(HTTPClientError) as failed:
+        await jp_fetch("sysmon", "api", "status", params={"token": secret})
+    assert failed.value.code == 500
+    assert "Traceback" not in failed.value.response.body.decode()
+    text = logged(all_logs)
+    assert "sysmon/api/status?token=[secret]" in text and secret not in text
+
+
+def test_scrub_uri_keeps_the_rest() -> None:
+    assert scrub_uri("/a/sysmon/ws?metrics=cpu&token=abc&history=3") == (
+        "/a/sysmon/ws?metrics=cpu&token=[secret]&history=3"
+    )
+    assert scrub_uri("/x?Token=a&_xsrf=b&oauth_code=c&state=d") == (
+        "/x?Token=[secret]&_xsrf=[secret]&oauth_code=[secret]&state=[secret]"
+    )
+    assert scrub_uri("/x?mine=1", extra=("mine",)) == "/x?mine=[secret]"
+    assert scrub_uri("/x?token") == "/x?token"  # no value to hide
+    assert scrub_uri("/plain/path") == "/plain/path"

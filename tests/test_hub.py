@@ -3,8 +3,12 @@ server with sysmon, all reached through the hub's proxy.
 
 Users: alice and carol are hub admins, bob a plain user (his server is the one
 watched), olga a member of the ``ops`` group that ``admin_groups`` names; carol may
-also use bob's server through a role, so she keeps access when her admin flag goes.
-The hub itself is tests/hub.py's.
+also use bob's server through a role, so she keeps access when her admin flag goes;
+dave may use bob's server (shared access) and is no administrator; monitor holds
+``custom:sysmon:read`` and nothing else. The hub itself is tests/hub.py's.
+
+``test_hub_route`` is the hub's half of docs/security.md's route table: the probes and
+expectations of tests/test_routes.py, through the hub's proxy to bob's server.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sysmon_nb.protocol import CLOSE_CREDENTIALS_EXPIRED, CLOSE_NOT_ADMIN
 
 from .conftest import recv_json, recv_type
 from .hub import Hub
+from .test_routes import EXPECTED, ROUTES, probe, request
 
 #: Seconds between the single-user server's re-checks of hub credentials.
 REVALIDATE_INTERVAL = 1.0
@@ -33,12 +38,14 @@ REVALIDATE_INTERVAL = 1.0
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     running = Hub(
         tmp_path_factory.mktemp("hub"),
-        users={"alice", "bob", "olga", "carol"},
+        users={"alice", "bob", "olga", "carol", "dave", "monitor"},
         admins={"alice", "carol"},
         groups={"ops": {"users": ["olga"]}},
         roles=[
             {"name": "ops-on-bob", "scopes": ["access:servers!user=bob"], "groups": ["ops"]},
             {"name": "carol-on-bob", "scopes": ["access:servers!user=bob"], "users": ["carol"]},
+            {"name": "dave-on-bob", "scopes": ["access:servers!user=bob"], "users": ["dave"]},
+            {"name": "sysmon-reader", "scopes": ["custom:sysmon:read"], "users": ["monitor"]},
         ],
         sysmon={
             "interval": 0.5,
@@ -124,12 +131,13 @@ async def test_jupyterhub_admins_groups_and_revocation(hub: Hub) -> None:
         assert (code, reason) == (CLOSE_NOT_ADMIN, "no longer an administrator")
 
 
-def test_prometheus_scrapes_a_hub_server_with_a_hub_token(hub: Hub) -> None:
-    """What the README's hub scrape config relies on: a hub token that may access the
-    server (here an admin's; in production a service's with ``access:servers``) is
-    accepted as Prometheus's bearer credentials, and without one /metrics stays 403."""
-    token = hub.new_token("alice")["token"]
-    url = f"{hub.url}/user/bob/metrics"
+def test_prometheus_scrapes_sysmon_metrics_with_a_reader_token(hub: Hub) -> None:
+    """What the README's hub scrape relies on: a ``custom:sysmon:read`` token (here a
+    user's; in production a service's) as Prometheus's bearer credentials reads
+    ``sysmon/metrics``; without one it is 403; and the server's own ``/metrics``, which
+    its owner reads, carries none of sysmon's series."""
+    token = hub.new_token("monitor")["token"]
+    url = f"{hub.url}/user/bob/sysmon/metrics"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=20) as reply:
         body = reply.read().decode()
@@ -138,3 +146,54 @@ def test_prometheus_scrapes_a_hub_server_with_a_hub_token(hub: Hub) -> None:
         urllib.request.urlopen(url, timeout=20)
     assert refused.value.code == 403
     refused.value.close()
+    owner = hub.new_token("bob")["token"]
+    theirs = urllib.request.Request(
+        f"{hub.url}/user/bob/metrics", headers={"Authorization": f"Bearer {owner}"}
+    )
+    with urllib.request.urlopen(theirs, timeout=20) as reply:
+        assert "sysmon_" not in reply.read().decode()
+
+
+# -- the route table's hub identities --------------------------------------------------------
+
+#: identity (tests/test_routes.py's EXPECTED) -> hub user whose token it is (None: none)
+HUB_IDENTITIES: dict[str, str | None] = {
+    "admin": "alice",
+    "reader": "monitor",
+    "hub-owner": "bob",
+    "plain-user": "dave",
+    "hub-none": None,
+}
+
+
+@pytest.fixture(scope="module")
+def hub_headers(hub: Hub) -> dict[str, dict[str, str]]:
+    return {
+        identity: {"Authorization": f"token {hub.new_token(user)['token']}"} if user else {}
+        for identity, user in HUB_IDENTITIES.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def bob_kernel(hub: Hub, hub_headers: dict[str, dict[str, str]]) -> Iterator[str]:
+    """A kernel in bob's server, for the channels probes."""
+    base = f"{hub.url}/user/bob/"
+    status, _, body = request(
+        base + "api/kernels", "POST", hub_headers["hub-owner"], json.dumps({"name": "python3"})
+    )
+    assert status == 201, body
+    kernel = json.loads(body)["id"]
+    yield kernel
+    request(f"{base}api/kernels/{kernel}", "DELETE", hub_headers["hub-owner"])
+
+
+HUB_CELLS = [(identity, route) for identity in HUB_IDENTITIES for route in ROUTES]
+
+
+@pytest.mark.timeout(240)  # run alone, the first cell starts the hub and bob's server
+@pytest.mark.parametrize(("identity", "route"), HUB_CELLS, ids=[f"{i}-{r}" for i, r in HUB_CELLS])
+def test_hub_route(
+    hub: Hub, hub_headers: dict[str, dict[str, str]], bob_kernel: str, identity: str, route: str
+) -> None:
+    got = probe(f"{hub.url}/user/bob/", route, hub_headers[identity], bob_kernel)
+    assert got == EXPECTED[identity][route], (identity, route, hub.log()[-2000:])

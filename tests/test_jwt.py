@@ -4,6 +4,7 @@ what happens when a token runs out while connected."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -216,6 +217,58 @@ async def test_login_page_and_password_login_still_work(
         assert (await recv_json(ws))["type"] == "hello"
 
 
+# -- a JWT is a monitoring credential: sysmon's routes and nothing else ----------------------
+
+
+async def api_code(jp_fetch: Any, *path: str, headers: dict[str, str], **kwargs: Any) -> int:
+    try:
+        reply = await jp_fetch(*path, headers=headers, **kwargs)
+    except HTTPClientError as err:
+        return err.code
+    return int(reply.code)
+
+
+@pytest.mark.parametrize("roles", [["admin"], ["viewer"]], ids=["admin", "non-admin"])
+async def test_a_jwt_opens_sysmon_and_nothing_else(
+    sysmon: Any, jp_fetch: Any, jp_ws_fetch: Any, roles: list[str]
+) -> None:
+    jwt_headers = bearer(token(roles=roles))
+    # the owner (the server's token, as the provider's fallback) starts a kernel to aim at
+    kernel = json.loads(
+        (await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))).body
+    )
+    try:
+        kernels_before = json.loads((await jp_fetch("api", "kernels")).body)
+        new_kernel = json.dumps({"name": "python3"})
+        assert await api_code(jp_fetch, "api", "kernels", method="POST", body=new_kernel,
+                              headers=jwt_headers) == 403  # fmt: skip
+        for path in (
+            ("api", "kernels"),
+            ("api", "kernels", kernel["id"]),
+            ("api", "sessions"),
+            ("api", "contents"),
+            ("api", "terminals"),
+            ("api", "me"),
+            ("api", "kernelspecs"),
+            ("metrics",),  # jupyter_server's own
+        ):
+            assert await api_code(jp_fetch, *path, headers=jwt_headers) == 403, path
+        terminal = await api_code(jp_fetch, "api", "terminals", method="POST", body="{}",
+                                  headers=jwt_headers)  # fmt: skip
+        assert terminal == 403
+        with pytest.raises(HTTPClientError) as channels:
+            await jp_ws_fetch("api", "kernels", kernel["id"], "channels", headers=jwt_headers)
+        assert channels.value.code == 403
+        assert json.loads((await jp_fetch("api", "kernels")).body) == kernels_before
+    finally:
+        await jp_fetch("api", "kernels", kernel["id"], method="DELETE")
+    # sysmon's own routes: as before (the admin role decides)
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    expected = 200 if roles == ["admin"] else 403
+    for path in (("sysmon", "api", "status"), ("sysmon", "metrics")):
+        assert await api_code(jp_fetch, *path, headers=jwt_headers) == expected, path
+
+
 # -- expiry while connected -------------------------------------------------------------
 
 
@@ -339,6 +392,20 @@ async def test_unreachable_jwks_refuses_jwts_and_the_server_carries_on(connect: 
     assert code == 403
     assert "Traceback" not in json.dumps(body)
     await assert_still_serving(connect)  # the server's own token still works
+
+
+@pytest.mark.parametrize("jwt_config", [{"use_jwks": True}], indirect=True)
+async def test_a_made_up_kid_is_logged_cut_not_whole(
+    jwks: JWKSServer, connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    huge = "k" * 40_000
+    with caplog.at_level(logging.DEBUG):
+        code, _ = await refused(connect, headers=bearer(token(kid=huge)))
+        assert code == 403
+    lines = [r.getMessage() for r in caplog.records if "refused a bearer JWT" in r.getMessage()]
+    assert lines and all(len(line) < 400 for line in lines), [len(line) for line in lines]
+    assert "no JWKS key with kid 'kkkk" in lines[0] and lines[0].endswith("\u2026")
+    assert not [r for r in caplog.records if huge in r.getMessage()]
 
 
 # -- misconfiguration stops the server ------------------------------------------------------

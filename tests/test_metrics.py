@@ -1,6 +1,6 @@
 """The Prometheus export (jupyter_server_ext/metrics.py): the sample as ``sysmon_*``
-metrics, its registration, the server's ``/metrics`` with it, and a real Prometheus
-scraping a real jupyter server."""
+metrics, its registration, ``sysmon/metrics`` (and jupyter_server's ``/metrics``
+without it), and a real Prometheus scraping a real jupyter server."""
 
 from __future__ import annotations
 
@@ -349,30 +349,42 @@ def test_collect_asks_the_extension_to_keep_sampling_what_it_exports() -> None:
     assert set(asked[-1]) == set(EXPORTED_GROUPS) - {"processes"}
 
 
-def test_the_prometheus_trait_has_help_and_defaults_on() -> None:
-    trait = SysmonExtension.class_own_traits(config=True)["prometheus"]
-    assert "/metrics" in trait.help
+def test_the_prometheus_traits_have_help_and_defaults() -> None:
+    traits = SysmonExtension.class_own_traits(config=True)
+    assert "sysmon/metrics" in traits["prometheus"].help
     assert SysmonExtension().prometheus is True
+    # the opt-in says who can then read what
+    opt_in = traits["jupyter_server_metrics"].help
+    for who_and_what in ("authenticate_prometheus", "anyone logged in", "shared access",
+                         "every unix user's memory"):  # fmt: skip
+        assert who_and_what in opt_in
+    assert SysmonExtension().jupyter_server_metrics is False
 
 
-# -- the server's own /metrics ----------------------------------------------------------
+# -- sysmon/metrics, and the server's own /metrics without sysmon ---------------------------
 
 
-async def metrics_body(jp_fetch: Any, **kwargs: Any) -> str:
-    reply = await jp_fetch("metrics", **kwargs)
+async def metrics_body(jp_fetch: Any, *path: str, **kwargs: Any) -> str:
+    reply = await jp_fetch(*(path or ("sysmon", "metrics")), **kwargs)
     assert reply.code == 200
     return str(reply.body.decode())
 
 
-async def test_the_servers_metrics_carry_the_latest_sample(
+async def test_sysmon_metrics_carry_the_latest_sample_and_the_servers_do_not(
     sysmon: SysmonExtension, jp_fetch: Any
 ) -> None:
     await eventually(lambda: sysmon.broadcaster.latest is not None)
-    m = parse(await metrics_body(jp_fetch))
+    reply = await jp_fetch("sysmon", "metrics")
+    assert reply.headers["Content-Type"].startswith("text/plain; version=")
+    m = parse(reply.body.decode())
     assert value(m, "sysmon_memory_total_bytes") == psutil.virtual_memory().total
     assert value(m, "sysmon_collector_up", group="cpu") == 1
-    assert EXPORTER.registered
-    assert EXPORTER in REGISTRY._collector_to_names  # prometheus_client's default registry
+    assert all(name.startswith("sysmon_") for name in m)  # sysmon's own registry only
+    assert sysmon.exporter.registered
+    # jupyter_server's /metrics (the global registry) carries none of them
+    assert "sysmon_" not in await metrics_body(jp_fetch, "metrics")
+    assert not EXPORTER.registered
+    assert sysmon.exporter not in REGISTRY._collector_to_names
 
 
 async def test_stop_unregisters(sysmon: SysmonExtension, jp_fetch: Any) -> None:
@@ -380,13 +392,30 @@ async def test_stop_unregisters(sysmon: SysmonExtension, jp_fetch: Any) -> None:
     assert "sysmon_memory_total_bytes" in await metrics_body(jp_fetch)
     await sysmon.stop_extension()
     assert "sysmon_" not in await metrics_body(jp_fetch)
-    assert not EXPORTER.registered
+    assert not sysmon.exporter.registered
 
 
 @pytest.mark.parametrize("sysmon_config", [{"prometheus": False}], indirect=True)
 async def test_prometheus_false_exports_nothing(sysmon: SysmonExtension, jp_fetch: Any) -> None:
     await eventually(lambda: sysmon.broadcaster.published >= 1)
-    assert "sysmon_" not in await metrics_body(jp_fetch)
+    with pytest.raises(HTTPClientError) as off:
+        await jp_fetch("sysmon", "metrics")
+    assert off.value.code == 404
+    assert "SysmonExtension.prometheus" in json.loads(off.value.response.body)["message"]
+    assert "sysmon_" not in await metrics_body(jp_fetch, "metrics")
+
+
+@pytest.mark.parametrize("sysmon_config", [{"jupyter_server_metrics": True}], indirect=True)
+async def test_jupyter_server_metrics_puts_them_on_the_servers_metrics_when_asked(
+    sysmon: SysmonExtension, jp_fetch: Any
+) -> None:
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    try:
+        assert "sysmon_memory_total_bytes" in await metrics_body(jp_fetch, "metrics")
+        assert "sysmon_memory_total_bytes" in await metrics_body(jp_fetch)
+    finally:
+        await sysmon.stop_extension()
+    assert not EXPORTER.registered
 
 
 async def test_a_scrape_never_samples_nor_waits_on_the_sampler(
@@ -421,19 +450,49 @@ async def test_a_scrape_never_samples_nor_waits_on_the_sampler(
         sysmon.sampler.collectors.pop()
 
 
-async def test_without_credentials_metrics_is_403(sysmon: SysmonExtension, jp_fetch: Any) -> None:
+async def test_a_scrape_is_not_the_users_activity(
+    sysmon: SysmonExtension, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    """The hub's idle culler reads the server's API activity: a scrape every 15 s, or a
+    dashboard polling the status route, must not keep an idle server alive."""
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    settings = jp_serverapp.web_app.settings
+    before = settings.get("api_last_activity")
+    for _ in range(3):
+        await jp_fetch("sysmon", "metrics")
+        await jp_fetch("sysmon", "api", "status")
+    assert settings.get("api_last_activity") == before
+    await jp_fetch("api", "contents")  # the user's own request does count
+    assert settings.get("api_last_activity") != before
+
+
+async def test_without_credentials_sysmon_metrics_is_403(
+    sysmon: SysmonExtension, jp_fetch: Any
+) -> None:
     with pytest.raises(HTTPClientError) as refused:
-        await jp_fetch("metrics", headers={"Authorization": ""})
+        await jp_fetch("sysmon", "metrics", headers={"Authorization": ""})
     assert refused.value.code == 403
 
 
+@pytest.mark.parametrize("sysmon_config", [{"allow_owner": False}], indirect=True)
+async def test_sysmon_metrics_has_sysmons_admission(sysmon: SysmonExtension, jp_fetch: Any) -> None:
+    with pytest.raises(HTTPClientError) as refused:
+        await jp_fetch("sysmon", "metrics")  # logged in, but not an administrator
+    assert refused.value.code == 403
+    assert "not an administrator" in json.loads(refused.value.response.body)["message"]
+
+
 @pytest.mark.parametrize("server_config", [{"authenticate_prometheus": False}], indirect=True)
-async def test_the_servers_rule_decides_who_reads_metrics(
+async def test_the_servers_rule_no_longer_decides_who_reads_sysmon(
     sysmon: SysmonExtension, jp_fetch: Any
 ) -> None:
     await eventually(lambda: sysmon.broadcaster.latest is not None)
-    body = await metrics_body(jp_fetch, headers={"Authorization": ""})
-    assert "sysmon_memory_total_bytes" in body
+    # jupyter_server's /metrics is open to anyone now, and carries nothing of sysmon's
+    body = await metrics_body(jp_fetch, "metrics", headers={"Authorization": ""})
+    assert "sysmon_" not in body
+    with pytest.raises(HTTPClientError) as refused:
+        await jp_fetch("sysmon", "metrics", headers={"Authorization": ""})
+    assert refused.value.code == 403
 
 
 # -- a real Prometheus scraping a real jupyter server -------------------------------------
@@ -473,6 +532,7 @@ class Prometheus:
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
             "  - job_name: jupyter\n"
+            "    metrics_path: /sysmon/metrics\n"
             f"    authorization: {{credentials: {TOKEN}}}\n"
             f"    static_configs: [{{targets: ['{target}']}}]\n"
         )
@@ -584,20 +644,14 @@ def promtool_check(promtool: str, body: bytes) -> tuple[int, list[str]]:
 
 def test_the_metrics_body_passes_promtool_and_needs_credentials(server: JupyterProcess) -> None:
     promtool = need("promtool")
-    status, body = server.get("metrics")
+    status, body = server.get("sysmon/metrics")
     assert status == 200 and b"sysmon_memory_total_bytes" in body
-    ours = b"".join(
-        line
-        for line in body.splitlines(keepends=True)
-        if line.startswith((b"sysmon_", b"# HELP sysmon_", b"# TYPE sysmon_"))
-    )
-    assert promtool_check(promtool, ours) == (0, [])
-    # The whole body: promtool's only remarks are on jupyter_server's own gauges named
-    # *_total (kernel_currently_running_total, terminal_currently_running_total).
-    _, remarks = promtool_check(promtool, body)
-    assert not [r for r in remarks if "sysmon_" in r], remarks
+    assert promtool_check(promtool, body) == (0, [])  # sysmon's own registry, all of it
+    # jupyter_server's own /metrics carries nothing of sysmon's
+    status, theirs = server.get("metrics")
+    assert status == 200 and b"sysmon_" not in theirs
     try:
-        with urllib.request.urlopen(server.url + "metrics", timeout=5):
+        with urllib.request.urlopen(server.url + "sysmon/metrics", timeout=5):
             code = 200
     except urllib.error.HTTPError as err:
         code = err.code

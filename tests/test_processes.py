@@ -278,9 +278,9 @@ async def test_a_scrape_wants_users_but_not_the_process_lists(
     name, _child = nobody_process
     await eventually(lambda: sysmon.broadcaster.published >= 2, 20)
     assert "users" not in latest_groups(sysmon)
-    await jp_fetch("metrics")  # a scrape reads the last sample, and wants what it exports
+    await jp_fetch("sysmon", "metrics")  # a scrape reads the last sample, wants what it exports
     await eventually(lambda: "users" in latest_groups(sysmon), 20)
     assert "processes" not in latest_groups(sysmon)
-    body = (await jp_fetch("metrics")).body.decode()
+    body = (await jp_fetch("sysmon", "metrics")).body.decode()
     assert f'sysmon_user_memory_rss_bytes{{user="{name}"}}' in body
     assert "sysmon_users " in body
