@@ -153,6 +153,7 @@ class SystemStatusBroadcaster:
         #: History frames kept until the next sample; 0 encodes every request anew.
         self.history_frames_kept = HISTORY_FRAMES_KEPT
         self._history_frames: dict[tuple[tuple[str, ...], int], Frame] = {}
+        self._waiters: list[asyncio.Future[Status]] = []
 
     @property
     def subscribers(self) -> list[Subscriber]:
@@ -205,6 +206,14 @@ class SystemStatusBroadcaster:
                 self._history_frames[key] = frame
         return frame
 
+    def next_sample(self) -> asyncio.Future[Status]:
+        """A future the next published sample resolves (on the event loop; cancel it
+        to stop waiting)."""
+        future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
+        self._waiters = [w for w in self._waiters if not w.done()]
+        self._waiters.append(future)
+        return future
+
     def publish(self, status: Status) -> None:
         """Record ``status`` and hand it to every subscriber, encoding it once per
         distinct subscription set."""
@@ -212,6 +221,10 @@ class SystemStatusBroadcaster:
         self.published += 1
         self._history.append(status)
         self._history_frames.clear()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(status)
         for metrics, group in list(self._groups.items()):
             if not group:
                 continue
