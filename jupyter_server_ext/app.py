@@ -90,7 +90,9 @@ class SysmonExtension(ExtensionApp):
     top_processes = Int(
         5,
         help="How many processes the 'processes' group lists by CPU and by memory. "
-        "0 reads only the process count (no per-process walk).",
+        "0 makes the group read only the process count; the 'users' group still walks "
+        "every process while someone wants it (leave 'users' out of metrics for no walk "
+        "at all).",
     ).tag(config=True)
 
     top_users = Int(
