@@ -480,7 +480,7 @@ class SysmonExtension(ExtensionApp):
         obj = sample.to_json()
         errors = obj["errors"]
         assert isinstance(errors, dict)
-        errors.update((group, why_absent(group, bound)) for group in missing)
+        errors.update((g, why_absent(g, bound)) for g in missing if g not in errors)
         if age <= STALE_INTERVALS * self.interval:
             return obj, None
         stale = dict(sample.stale)

@@ -129,8 +129,14 @@ def answer_wait(interval: float, timeout: float) -> float:
 
 
 def absent(sample: Status, groups: Iterable[str]) -> list[str]:
-    """The groups of ``groups`` a sample neither holds nor says failed."""
-    return [g for g in groups if g not in sample.groups and g not in sample.errors]
+    """The groups of ``groups`` a sample lacks, and does not say failed: not sampled, or
+    late with no reading yet (the first walk after a pause may miss its tick's deadline;
+    its reading is carried by a later sample)."""
+    return [
+        g
+        for g in groups
+        if g not in sample.groups and (g not in sample.errors or g in sample.stale)
+    ]
 
 
 async def sample_with(

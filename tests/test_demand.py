@@ -25,6 +25,7 @@ from jupyter_server_ext.demand import (
     MAX_PERIOD_S,
     WANT_INTERVALS,
     Demand,
+    sample_with,
 )
 from jupyter_server_ext.metrics import Exporter, families
 from sysmon_nb.protocol import Status
@@ -128,6 +129,25 @@ def test_a_scrape_without_a_wanted_group_says_it_is_down() -> None:
     assert up(("cpu", "users")) == {"cpu": 1.0, "users": 0.0}
 
 
+async def test_an_answer_waits_for_a_late_group_not_for_a_failed_one() -> None:
+    def status(seq: int, **kwargs: Any) -> Status:
+        return Status(seq=seq, time=100.0 + seq, host="h", interval=1.0, **kwargs)
+
+    late = status(1, groups={"cpu": {}}, errors={"users": "did not answer"}, stale={"users": 0.3})
+    carried = status(2, groups={"cpu": {}, "users": {"count": 3}}, stale={"users": 1.3})
+    failed = status(3, groups={"cpu": {}}, errors={"gpu": "NVML not found"})
+    asked: list[int] = []
+
+    async def next_sample() -> Status:
+        asked.append(1)
+        return carried
+
+    got, missing = await sample_with(late, ("cpu", "users"), next_sample, 5.0)
+    assert (got, missing, len(asked)) == (carried, [], 1)  # late, with no reading: waited
+    got, missing = await sample_with(failed, ("cpu", "gpu"), next_sample, 5.0)
+    assert (got, missing, len(asked)) == (failed, [], 1)  # failed: its error is the answer
+
+
 # -- a real server ------------------------------------------------------------------------
 
 
@@ -153,7 +173,9 @@ async def test_a_rest_call_gets_the_groups_it_asks_for(
     obj = await rest(jp_fetch, "processes,users,cpu")
     assert obj["processes"]["count"] > 0 and obj["users"]["count"] > 0
     assert "cpu" in obj
-    assert obj["errors"] == {} and obj["stale"] == {}
+    # (a first walk slower than the tick's deadline on a loaded machine comes late: it
+    # is then carried, and listed in stale and errors; nothing else may be)
+    assert set(obj["errors"]) <= set(obj["stale"]), obj["errors"]
 
 
 @pytest.mark.timeout(60)
@@ -169,7 +191,8 @@ async def test_a_rest_poller_keeps_the_walk_between_its_calls(
     for _ in range(3):
         await asyncio.sleep(period)
         obj = await rest(jp_fetch, "processes,users,cpu")
-        assert "processes" in obj and "users" in obj and obj["errors"] == {}
+        assert "processes" in obj and "users" in obj
+        assert set(obj["errors"]) <= set(obj["stale"]), obj["errors"]
     # every sample between its calls had the walk (none paused it, so CPU is known)
     between = list(sysmon.broadcaster._history)[since - sysmon.broadcaster.published :]
     assert len(between) >= 3
@@ -223,11 +246,13 @@ async def test_a_scrape_that_keeps_coming_finds_the_walk(sysmon: SysmonExtension
         assert "sysmon_users" not in first and "sysmon_processes" not in first
         up = first["sysmon_collector_up"]
         assert up[(("group", "users"),)] == 0 and up[(("group", "processes"),)] == 0
+        fresh = 0
         for _ in range(3):  # scrapes 4 intervals apart, each longer than one call's window
             await asyncio.sleep(4 * TEST_INTERVAL)
             got = scrape(registry)
             assert "sysmon_users" in got and "sysmon_processes" in got, sorted(got)
             up = got["sysmon_collector_up"]
-            assert up[(("group", "users"),)] == 1 and up[(("group", "processes"),)] == 1
+            fresh += up[(("group", "users"),)] == 1 and up[(("group", "processes"),)] == 1
+        assert fresh >= 1  # (a first walk that came late is carried, with up 0, at most once)
     finally:
         exporter.detach(sysmon)
