@@ -19,10 +19,10 @@ groups sampled, with their CPU shares known, whenever it comes:
   keeps the walk going for more than ``FOLLOW_PERIODS * MAX_PERIOD_S`` after their last
   call, and when nobody asks, nothing is walked.
 
-At most ``MAX_CALLERS`` callers are remembered (those whose window ends first are
-forgotten first). :meth:`Demand.want` runs on the server's event loop;
-:meth:`Demand.wanted` on the sampler's thread reads a dict that is replaced, never
-changed, by ``want``.
+A caller is remembered for ``MAX_PERIOD_S`` after its last call, at most
+``MAX_CALLERS`` of them (those that called longest ago are forgotten first).
+:meth:`Demand.want` runs on the server's event loop; :meth:`Demand.wanted` on the
+sampler's thread reads a dict that is replaced, never changed, by ``want``.
 """
 
 from __future__ import annotations
@@ -98,14 +98,17 @@ class Demand:
 
     def _recompute(self, now: float) -> None:
         callers = self._callers
-        for name in [name for name, entry in callers.items() if entry.until <= now]:
+        # a caller is remembered until a gap would no longer be a period, its window or not
+        for name in [name for name, entry in callers.items() if now - entry.last > MAX_PERIOD_S]:
             del callers[name]
         if len(callers) > MAX_CALLERS:
-            by_end = sorted(callers, key=lambda name: callers[name].until)
-            for name in by_end[: len(callers) - MAX_CALLERS]:
+            by_last = sorted(callers, key=lambda name: callers[name].last)
+            for name in by_last[: len(callers) - MAX_CALLERS]:
                 del callers[name]
         until: dict[str, float] = {}
         for entry in callers.values():
+            if entry.until <= now:
+                continue
             for group in entry.groups:
                 if entry.until > until.get(group, 0.0):
                     until[group] = entry.until
@@ -118,7 +121,7 @@ class Demand:
 
     @property
     def callers(self) -> int:
-        """Callers remembered (their windows not over yet, as of the latest call)."""
+        """Callers remembered (as of the latest call)."""
         return len(self._callers)
 
 

@@ -75,6 +75,20 @@ def test_a_caller_that_comes_back_keeps_its_groups_for_as_long_as_it_comes() -> 
     assert d.wanted() == set()
 
 
+def test_other_callers_between_two_calls_do_not_make_a_caller_forget_its_period() -> None:
+    # a REST poll once a minute beside a scrape every 30 s that wants other groups
+    d, clock = demand(interval=5.0)
+    for minute in range(4):
+        d.want(["processes"], "poller")
+        if minute >= 1:  # its period known from its second call on
+            assert d.wanted() >= {"processes"}
+        for _ in range(2):
+            clock.now += 30.0
+            if minute >= 1:
+                assert "processes" in d.wanted(), clock.now
+            d.want(["cpu"], "scrape", first_period=60.0)
+
+
 def test_a_scrape_keeps_its_groups_from_its_first_call() -> None:
     # the exporter names no caller: a scrape, 30 s apart (the README's example)
     d, clock = demand(interval=5.0)
@@ -115,7 +129,10 @@ def test_callers_are_bounded_and_forgotten() -> None:
     assert d.callers <= MAX_CALLERS
     clock.now += 60.0
     d.want(["cpu"], "last")
-    assert d.callers == 1 and d.wanted() == {"cpu"}
+    assert d.wanted() == {"cpu"}  # the others' windows are over...
+    clock.now += MAX_PERIOD_S
+    d.want(["cpu"], "last")
+    assert d.callers == 1  # ...and after a gap that is no period, they are forgotten
 
 
 def test_a_scrape_without_a_wanted_group_says_it_is_down() -> None:
