@@ -37,6 +37,15 @@ from .collectors import (
     MemoryCollector,
     NetworkCollector,
 )
+from .demand import (
+    SCRAPE_CALLER,
+    SCRAPE_PERIOD_GUESS_S,
+    Demand,
+    absent,
+    answer_wait,
+    sample_with,
+    why_absent,
+)
 from .errors import ConfigError
 from .fanout import missing_internals
 from .gpu import GpuCollector
@@ -53,8 +62,6 @@ from .slots import ConnectionSlots
 MANAGER_TIMEOUT = 2.0
 #: How long shutdown waits for the sampler's threads (s); never for a stuck call.
 SAMPLER_STOP_WAIT = 0.3
-#: A group asked for with :meth:`SysmonExtension.want` is sampled for this many intervals.
-WANT_INTERVALS = 3
 #: The newest sample is stale as a whole when older than this many intervals.
 STALE_INTERVALS = 3
 #: How long shutdown waits for 1001 close frames to reach clients (s).
@@ -87,7 +94,9 @@ class SysmonExtension(ExtensionApp):
     top_processes = Int(
         5,
         help="How many processes the 'processes' group lists by CPU and by memory. "
-        "0 reads only the process count (no per-process walk).",
+        "0 makes the group read only the process count; the 'users' group still walks "
+        "every process while someone wants it (leave 'users' out of metrics for no walk "
+        "at all).",
     ).tag(config=True)
 
     top_users = Int(
@@ -351,7 +360,7 @@ class SysmonExtension(ExtensionApp):
             # a death and its OOM kill are read up to a tick (and a restarter poll) apart
             match_window_s=max(MATCH_WINDOW_S, 2 * self.interval + 3),
         )
-        self._wanted_until: dict[str, float] = {}
+        self.demand = Demand(self.interval)
         self._sampled_at: float | None = None
         self.sampler = Sampler(
             self.make_collectors(),
@@ -498,38 +507,59 @@ class SysmonExtension(ExtensionApp):
 
     # -- what is wanted, and how fresh ------------------------------------------------
 
-    def want(self, groups: Iterable[str]) -> None:
-        """Mark ``groups`` as wanted for the next few intervals (``WANT_INTERVALS``):
-        on-demand groups (``processes``, ``users``) are sampled only while someone wants them. The
-        REST handler calls this with the groups it serves; a scrape would too."""
-        until = time.monotonic() + WANT_INTERVALS * self.interval
-        for group in groups:
-            self._wanted_until[group] = until
+    def want(self, groups: Iterable[str], caller: str | None = None) -> float:
+        """``caller`` wants ``groups`` now: on-demand groups (``processes``, ``users``) are
+        sampled only while someone wants them, and a caller that keeps coming back keeps
+        them wanted for a window that follows its own period (see :mod:`.demand`).
+        A call that names no caller is a Prometheus scrape (the exporter calls
+        ``want(groups)`` on each scrape). Returns until when (monotonic s) the groups
+        stay wanted for this caller."""
+        if caller is None:
+            return self.demand.want(groups, SCRAPE_CALLER, first_period=SCRAPE_PERIOD_GUESS_S)
+        return self.demand.want(groups, caller)
 
     def _wanted_groups(self) -> set[str]:
         """On the sampler's thread: groups a subscriber or a recent caller wants. Both
-        reads copy in one step (``list(dict.items())``), safe beside the loop's writes."""
-        now = time.monotonic()
+        reads copy in one step, safe beside the loop's writes."""
         wanted = set(self.broadcaster.wanted())
-        wanted.update(g for g, until in list(self._wanted_until.items()) if until > now)
+        wanted.update(self.demand.wanted())
         return wanted
+
+    def answer_wait(self) -> float:
+        """How long a REST answer waits for a sample holding every group it asked for (s)."""
+        return answer_wait(self.interval, self.collector_timeout)
 
     def sample_age(self) -> float | None:
         """Seconds since the newest sample was taken (monotonic), or None before the first."""
         taken = self._sampled_at
         return None if taken is None else time.monotonic() - taken
 
-    def status_for_api(self, metrics: Iterable[str]) -> tuple[dict[str, Any], str | None] | None:
+    async def status_for_api(
+        self, metrics: Iterable[str]
+    ) -> tuple[dict[str, Any], str | None] | None:
         """The newest sample restricted to ``metrics``, as JSON, and a warning when the
         sample itself is stale (older than ``STALE_INTERVALS`` intervals: the sampler is
         stuck as a whole). Then every group is listed in ``stale`` with the sample's age
-        added. None before the first sample."""
-        latest = self.broadcaster.latest
-        age = self.sample_age()
+        added. None before the first sample.
+
+        Whoever asks for a group gets it: when the newest sample lacks one asked for (an
+        on-demand group nobody wanted until this call), this waits up to
+        :meth:`answer_wait` for the next sample that has it. A group still absent then
+        (or at once, when the sampler is stuck) is in ``errors``, saying why."""
+        wanted = tuple(metrics)
+        latest, age = self.broadcaster.latest, self.sample_age()
         if latest is None or age is None:
             return None
-        sample = latest.subset(metrics)
+        missing = absent(latest, wanted)
+        bound = None if age > STALE_INTERVALS * self.interval else self.answer_wait()
+        if missing and bound is not None:  # (None: the sampler is stuck, nothing will come)
+            latest, missing = await sample_with(latest, wanted, self.broadcaster.next_sample, bound)
+            age = self.sample_age() or 0.0
+        sample = latest.subset(wanted)
         obj = sample.to_json()
+        errors = obj["errors"]
+        assert isinstance(errors, dict)
+        errors.update((g, why_absent(g, bound)) for g in missing if g not in errors)
         if age <= STALE_INTERVALS * self.interval:
             return obj, None
         stale = dict(sample.stale)

@@ -11,8 +11,10 @@ is dropped and counted in ``lagged``, so the newest data wins, a stalled client 
 most ``buffer_size`` frames, and nobody else waits for it.
 
 A send that fails drops that subscriber and tells its connection (``on_error``), which
-closes itself: nothing is dropped silently. History frames are encoded once per
-(subscription set, length) and kept until the next sample.
+closes itself: nothing is dropped silently. A history frame of any length is put
+together from each sample's encoding and compressed blocks kept between connects
+(:mod:`.history_frames`), and shared per (subscription set, length) until the next
+sample.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from sysmon_nb.protocol import History, Status, encode
 
 from .fanout import Frame
+from .history_frames import HistoryFrames
 
 log = logging.getLogger("sysmon_nb.broadcaster")
 
@@ -150,9 +153,12 @@ class SystemStatusBroadcaster:
         self._groups: dict[tuple[str, ...], set[Subscriber]] = {}
         self.latest: Status | None = None
         self.published = 0
-        #: History frames kept until the next sample; 0 encodes every request anew.
+        #: History frames kept until the next sample; 0 encodes every request anew, the
+        #: whole frame (no piece is kept: the benchmark's reference).
         self.history_frames_kept = HISTORY_FRAMES_KEPT
         self._history_frames: dict[tuple[tuple[str, ...], int], Frame] = {}
+        self.history_pieces = HistoryFrames(history)
+        self._waiters: list[asyncio.Future[Status]] = []
 
     @property
     def subscribers(self) -> list[Subscriber]:
@@ -191,19 +197,29 @@ class SystemStatusBroadcaster:
 
     def history_frame(self, count: int, metrics: Iterable[str]) -> Frame:
         """The ``history`` frame of up to ``count`` most recent samples restricted to
-        ``metrics``: encoded once per (subscription set, length) and shared until the
-        next sample, so that clients reconnecting together cost one encoding."""
+        ``metrics``. Whatever ``count``, it costs no more than encoding and compressing
+        the samples published since the last such frame, and two blocks of samples
+        (:mod:`.history_frames`); the same frame is shared until the next sample, so
+        clients reconnecting together cost one."""
         wanted = tuple(metrics)
         key = (wanted, min(max(count, 0), len(self._history)))
-        frame = self._history_frames.get(key) if self.history_frames_kept > 0 else None
+        if self.history_frames_kept <= 0:
+            return Frame(encode(History(samples=tuple(self.history(count, wanted)))))
+        frame = self._history_frames.get(key)
         if frame is None:
-            samples = self.history(count, wanted)
-            frame = Frame(encode(History(samples=tuple(samples))))
-            if self.history_frames_kept > 0:
-                if len(self._history_frames) >= self.history_frames_kept:
-                    del self._history_frames[next(iter(self._history_frames))]
-                self._history_frames[key] = frame
+            frame = self.history_pieces.frame(self._history, self.published, key[1], wanted)
+            if len(self._history_frames) >= self.history_frames_kept:
+                del self._history_frames[next(iter(self._history_frames))]
+            self._history_frames[key] = frame
         return frame
+
+    def next_sample(self) -> asyncio.Future[Status]:
+        """A future the next published sample resolves (on the event loop; cancel it
+        to stop waiting)."""
+        future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
+        self._waiters = [w for w in self._waiters if not w.done()]
+        self._waiters.append(future)
+        return future
 
     def publish(self, status: Status) -> None:
         """Record ``status`` and hand it to every subscriber, encoding it once per
@@ -212,10 +228,15 @@ class SystemStatusBroadcaster:
         self.published += 1
         self._history.append(status)
         self._history_frames.clear()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(status)
         for metrics, group in list(self._groups.items()):
             if not group:
                 continue
             frame = Frame(encode(status.subset(metrics)))
+            self.history_pieces.note(metrics, self.published - 1, frame.payload)
             for sub in list(group):
                 sub.offer(frame)
                 if sub.closed:

@@ -6,7 +6,13 @@ set on an ancestor cgroup applies too, so the tightest one along the path wins.
 ``null`` means unlimited (or no cgroup filesystem at all).
 
 ``memory_used_bytes`` leaves out inactive file cache, as ``docker stats`` and the
-kubelet do: that is the memory the kernel would not reclaim before an OOM kill.
+kubelet do: that is the memory the kernel would not reclaim before an OOM kill. On v2 it
+is read from ``memory.current`` wherever that file exists. With a private cgroup
+namespace (Docker's and containerd's or CRI-O's default on cgroup-v2 hosts)
+``/proc/self/cgroup`` says ``0::/`` and the mount's root *is* the container's own cgroup,
+which has the file; only the true root of a host's hierarchy has none (the kernel gives
+the root cgroup no ``memory.current``), and there ``memory_used_bytes`` is ``null``: the
+host's own memory is the figure.
 
 Counters read each tick: the CPU time the cgroup used (v2 ``cpu.stat`` ``usage_usec``,
 v1 ``cpuacct.usage``) becomes ``cpu_usage_cores`` over the monotonic interval; the CFS
@@ -109,7 +115,8 @@ class ContainerCollector:
                 (f(d / "memory.max"), f(d / "cpu.max"))
                 for d in _self_and_ancestors(own, self._root)
             ],
-            current=f(own / "memory.current") if own != self._root else None,
+            current=f(own / "memory.current"),
+            at_root=own == self._root,
             memory_stat=f(own / "memory.stat"),
             cpu_stat=f(own / "cpu.stat"),
             events=f(own / "memory.events"),
@@ -132,12 +139,12 @@ class ContainerCollector:
                 if quota != "max" and period:
                     cpu_limit = _min(cpu_limit, _cores(cpu_max.path, "cpu.max", quota, period))
         used = None
-        if plan.current is not None:
-            current = _read(plan.current)
-            if current is None:
-                raise CollectorError(f"cannot read {plan.current.path}")
+        current = _read(plan.current)
+        if current is not None:
             inactive = _stats(plan.memory_stat, b"inactive_file").get("inactive_file", 0)
             used = max(0, _int(plan.current.path, current) - inactive)
+        elif not plan.at_root:  # a cgroup below the root has the file: this is a fault
+            raise CollectorError(f"cannot read {plan.current.path}")
         cpu_stat = _stats(plan.cpu_stat, b"usage_usec", b"nr_periods", b"nr_throttled")
         usage_usec = cpu_stat.get("usage_usec")
         counters = CpuCounters(
@@ -266,7 +273,8 @@ class _V2Plan:
     """The files a cgroup v2 tick reads (see :meth:`ContainerCollector._plan_v2`)."""
 
     limits: list[tuple[HeldFile, HeldFile]]  # (memory.max, cpu.max), own cgroup first
-    current: HeldFile | None  # memory.current; None at the root (no figure there)
+    current: HeldFile  # memory.current (absent at the hierarchy's true root only)
+    at_root: bool  # the mount's root: a namespaced container's own cgroup, or the host's
     memory_stat: HeldFile
     cpu_stat: HeldFile
     events: HeldFile

@@ -356,7 +356,12 @@ def _retrieve(future: Any) -> None:
 
 
 class StatusAPIHandler(SysmonRoute, APIHandler):
-    """``GET sysmon/api/status``: the latest sample, same shape as a status frame."""
+    """``GET sysmon/api/status``: the latest sample, same shape as a status frame.
+
+    Every group asked for is in the answer, or in its ``errors`` saying why: an
+    on-demand group (``processes``, ``users``) the newest sample lacks is waited for,
+    one tick at most (``SysmonExtension.status_for_api``), and a caller that polls keeps
+    it sampled between its calls (``SysmonExtension.want``)."""
 
     auth_resource = AUTH_RESOURCE
     #: watching the server is not using it: it must not keep an idle server from culling
@@ -370,8 +375,10 @@ class StatusAPIHandler(SysmonRoute, APIHandler):
             metrics = parse_metrics(self.get_argument("metrics", ""), ext.metrics)
         except ProtocolError as err:
             raise web.HTTPError(400, err.message) from None
-        ext.want(metrics)
-        answer = ext.status_for_api(metrics)
+        # A caller is known by where it calls from and what it asks for (a username can
+        # be new on each token request, and a proxy is every caller's address).
+        ext.want(metrics, caller=f"rest {self.request.remote_ip} {','.join(metrics)}")
+        answer = await ext.status_for_api(metrics)
         if answer is None:
             raise web.HTTPError(503, "no sample taken yet; try again in a moment")
         obj, stale_warning = answer

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -246,10 +246,9 @@ EXPORTED_GROUPS: tuple[str, ...] = (
     "alerts",
 )  # fmt: skip
 
-#: What a scrape asks the sampler to keep sampling (``want``): every exported group but
-#: ``processes``, whose top lists (the costly walk) are never exported; its count is,
-#: whenever the sample has it.
-WANTED_GROUPS: tuple[str, ...] = tuple(g for g in EXPORTED_GROUPS if g != "processes")
+#: What a scrape asks the sampler to keep sampling (``want``): every exported group
+#: (``processes`` for its count; its top lists come from the walk ``users`` needs anyway).
+WANTED_GROUPS: tuple[str, ...] = EXPORTED_GROUPS
 
 
 def _number(value: object) -> float | None:
@@ -293,9 +292,10 @@ class _Series:
             yield family
 
 
-def families(status: Status, now: float) -> Iterator[Metric]:
-    """The metric families of ``status`` as seen at unix time ``now``. Pure: reads the
-    sample, nothing else."""
+def families(status: Status, now: float, wanted: Collection[str] = ()) -> Iterator[Metric]:
+    """The metric families of ``status`` as seen at unix time ``now``; a group of
+    ``wanted`` (what the scrape asked for) that the sample lacks is ``up`` 0. Pure:
+    reads the sample, nothing else."""
     out = _Series()
     groups = status.groups
     for group, fields in _SCALARS.items():
@@ -326,7 +326,7 @@ def families(status: Status, now: float) -> Iterator[Metric]:
             alert_name = alert.get("name")
             if isinstance(alert_name, str):
                 out.add(ALERT, (alert_name,), 1.0)
-    failing = {*status.errors, *status.stale}
+    failing = {*status.errors, *status.stale, *(g for g in wanted if g not in groups)}
     for group in sorted({*groups, *failing}):
         out.add(UP, (group,), 0.0 if group in failing else 1.0)
     out.add(AGE, (), max(0.0, now - status.time))
@@ -458,12 +458,14 @@ class Exporter:
             return iter(())
         source = sources[-1]
         want = getattr(source, "want", None)
+        wanted: tuple[str, ...] = ()
         if callable(want):
-            want(_offered(source))
+            wanted = _offered(source)
+            want(wanted)
         status: Status | None = getattr(source.broadcaster, "latest", None)
         if status is None:
             return iter(())
-        return families(status, self._clock())
+        return families(status, self._clock(), wanted)
 
 
 def _offered(source: Source) -> tuple[str, ...]:

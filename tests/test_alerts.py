@@ -180,6 +180,42 @@ def test_other_deaths_are_kernel_died_with_their_exit() -> None:
     ]
 
 
+def ticks(alerts: AlertEngine, start: int, stop: int, oom: int) -> list[dict[str, Any]]:
+    """Samples every second from ``start`` to ``stop`` (excluded); their events."""
+    events = []
+    for at in range(start, stop):
+        events += alerts.update({"container": container(oom=oom)}, [], float(at), 1000.0 + at)[
+            "events"
+        ]
+    return events
+
+
+def test_a_sigkill_and_an_oom_rise_outside_the_window_are_not_one_event() -> None:
+    # a kernel SIGKILLed at 0.5 s; the container's OOM counter rises in the sample at
+    # 11 s, 10.5 s later: outside the 10 s window, so the death was no OOM kill of it
+    alerts = engine(rules=[], window=10.0)
+    alerts.update({"container": container(oom=0)}, [], 0.0, 1000.0)
+    events = alerts.update({"container": container(oom=0)}, [death(0.5)], 1.0, 1001.0)["events"]
+    events += ticks(alerts, 2, 11, oom=0)
+    assert events == []  # still within the window: undecided
+    events = ticks(alerts, 11, 30, oom=1)
+    assert [(e["kind"], e.get("kernel_id"), e.get("exit_code")) for e in events] == [
+        ("kernel_died", "k-1234567890", -9),
+        ("oom_kill", None, None),  # a process of the container, not the kernel
+    ], events
+    assert events[0]["message"] == "kernel of analysis.ipynb died: killed by SIGKILL"
+    assert events[1]["time"] == 1011.0
+
+
+def test_a_sigkill_and_an_oom_rise_inside_the_window_are_one_oom_kill() -> None:
+    alerts = engine(rules=[], window=10.0)
+    alerts.update({"container": container(oom=0)}, [], 0.0, 1000.0)
+    alerts.update({"container": container(oom=0)}, [death(0.5)], 1.0, 1001.0)
+    events = ticks(alerts, 2, 10, oom=0) + ticks(alerts, 10, 30, oom=1)  # 9.5 s apart
+    assert [(e["kind"], e.get("kernel_id")) for e in events] == [("oom_kill", "k-1234567890")]
+    assert events[0]["time"] == 1000.5  # the death's own time
+
+
 def test_oom_kill_without_a_kernel_death() -> None:
     alerts = engine(rules=[], window=5.0)
     alerts.update({"container": container(oom=0)}, [], 0.0, 1000.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -89,14 +90,44 @@ def test_v2_unlimited_is_null(tmp_path: Path) -> None:
     assert result["memory_used_bytes"] == 4096
 
 
-def test_v2_namespaced_cgroup_reads_the_root(tmp_path: Path) -> None:
-    # inside a container with its own cgroup namespace, the path is not visible:
-    # the mount's root is our cgroup, and it has no memory.current of its own
-    write(tmp_path / "cg", {"cgroup.controllers": "cpu memory", "cpu.max": "200000 100000"})
-    result = collector(tmp_path, "0::/../../host/path\n").collect(0.0)
+@pytest.mark.parametrize("proc", ["0::/\n", "0::/../../host/path\n"])
+def test_v2_namespaced_cgroup_reads_the_root(tmp_path: Path, proc: str) -> None:
+    # inside a container with its own cgroup namespace (Docker's and containerd's default
+    # on cgroup v2) /proc/self/cgroup says 0::/ (or a path outside the namespace): the
+    # mount's root is the container's own cgroup, a non-root cgroup of the host, and it
+    # has memory.current and memory.max
+    write(
+        tmp_path / "cg",
+        {
+            "cgroup.controllers": "cpu memory",
+            "cpu.max": "200000 100000",
+            "memory.max": str(2 * GiB),
+            "memory.current": str(GiB + 4096),
+            "memory.stat": "anon 1000\ninactive_file 4096\n",
+        },
+    )
+    result = collector(tmp_path, proc).collect(0.0)
     assert result["cgroup"] == 2
     assert result["cpu_limit_cores"] == 2.0
+    assert result["memory_limit_bytes"] == 2 * GiB
+    assert result["memory_used_bytes"] == GiB
+
+
+def test_v2_true_host_root_has_no_memory_figure(tmp_path: Path) -> None:
+    # the root of a host's hierarchy: the kernel gives it no memory.current (nor
+    # memory.max, cpu.max): used is null, not an error, and the host's memory stands
+    write(
+        tmp_path / "cg",
+        {
+            "cgroup.controllers": "cpu memory",
+            "memory.stat": "anon 1000\ninactive_file 4096\n",
+            "cpu.stat": "usage_usec 10\n",
+        },
+    )
+    result = collector(tmp_path, "0::/\n").collect(0.0)
+    assert result["cgroup"] == 2
     assert result["memory_used_bytes"] is None
+    assert result["memory_limit_bytes"] is None and result["cpu_limit_cores"] is None
 
 
 def test_v2_missing_memory_current_is_a_collector_error(tmp_path: Path) -> None:
@@ -408,3 +439,72 @@ def test_broken_files_are_errors_in_words(
     write(tmp_path / "cg", files)
     with pytest.raises(CollectorError, match=shown):
         collector(tmp_path, proc).collect(0.0)
+
+
+# -- recorded file sets of containers and hosts (tests/fixtures/cgroup/README.md) --------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "cgroup"
+SETS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+
+
+def fixture_collector(name: str) -> ContainerCollector:
+    return ContainerCollector(
+        FIXTURES / name / "sys-fs-cgroup", FIXTURES / name / "proc-self-cgroup"
+    )
+
+
+def stat_field(path: Path, name: str) -> int:
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return int(value)
+    raise AssertionError(f"{name} not in {path}")
+
+
+def working_set(tree: Path, proc: str) -> tuple[int, int] | None:
+    """(usage less inactive file cache, limit) the way ``docker stats`` and the kubelet
+    count them, read straight from the files; None where there is no usage file."""
+    if (tree / "cgroup.controllers").is_file():
+        own = tree.joinpath(*[p for p in proc.strip().partition("::")[2].split("/") if p])
+        if not (own / "memory.current").is_file():
+            return None
+        usage = int((own / "memory.current").read_text())
+        return usage - stat_field(own / "memory.stat", "inactive_file"), int(
+            (own / "memory.max").read_text()
+        )
+    memory = tree / "memory"
+    usage = int((memory / "memory.usage_in_bytes").read_text())
+    return usage - stat_field(memory / "memory.stat", "total_inactive_file"), int(
+        (memory / "memory.limit_in_bytes").read_text()
+    )
+
+
+def docker_bytes(size: float) -> str:
+    """Go's ``units.BytesSize``, as ``docker stats`` prints sizes."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while size >= 1024 and i < len(units) - 1:
+        size /= 1024
+        i += 1
+    return f"{size:.4g}{units[i]}"
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_fixture_sets_give_what_their_tools_print(name: str) -> None:
+    expected = json.loads((FIXTURES / name / "expected.json").read_text())
+    result = fixture_collector(name).collect(0.0)
+    for key in ("cgroup", "memory_limit_bytes", "memory_used_bytes", "cpu_limit_cores",
+                "oom_kills"):  # fmt: skip
+        assert result[key] == expected[key], (key, result[key], expected[key])
+    proc = (FIXTURES / name / "proc-self-cgroup").read_text()
+    counted = working_set(FIXTURES / name / "sys-fs-cgroup", proc)
+    if counted is None:
+        assert result["memory_used_bytes"] is None
+        return
+    used, limit = counted
+    assert (result["memory_used_bytes"], result["memory_limit_bytes"]) == (used, limit)
+    if expected["tool"] == "docker stats":
+        shown = f"{docker_bytes(used)} / {docker_bytes(limit)} {100 * used / limit:.2f}%"
+        assert shown == expected["tool_prints"]
+    elif expected["tool"] is not None and expected["tool"].startswith("kubectl top"):
+        assert f"{used // 2**20}Mi" == expected["tool_prints"]

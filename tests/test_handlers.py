@@ -725,18 +725,15 @@ async def test_without_the_internals_the_public_path_serves_after_one_warning(
 async def test_history_is_encoded_once_until_the_next_sample(
     connect: Any, sysmon: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jupyter_server_ext import broadcaster as broadcaster_module
+    encoded: list[Any] = []  # history frames built (from the samples' kept pieces)
+    build = sysmon.broadcaster.history_pieces.frame
 
-    encoded: list[str] = []
-    encode = broadcaster_module.encode
+    def counting(*args: Any) -> Any:
+        frame = build(*args)
+        encoded.append(frame)
+        return frame
 
-    def counting(message: Any) -> str:
-        text = encode(message)
-        if message.TYPE == "history":
-            encoded.append(text)
-        return text
-
-    monkeypatch.setattr(broadcaster_module, "encode", counting)
+    monkeypatch.setattr(sysmon.broadcaster.history_pieces, "frame", counting)
     await eventually(lambda: sysmon.broadcaster.published >= 1)
 
     async def history(query: str) -> dict[str, Any]:

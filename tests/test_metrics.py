@@ -342,11 +342,11 @@ def test_collect_asks_the_extension_to_keep_sampling_what_it_exports() -> None:
     Exporter(registry).attach(ext)
     generate_latest(registry)
     generate_latest(registry)
-    # the process walk is never asked for: no process list is exported
-    assert asked == [("cpu", "memory", "gpu")] * 2
+    # every exported group the server offers (processes for sysmon_processes)
+    assert asked == [("cpu", "memory", "processes", "gpu")] * 2
     del ext.metrics  # type: ignore[attr-defined]
     generate_latest(registry)
-    assert set(asked[-1]) == set(EXPORTED_GROUPS) - {"processes"}
+    assert set(asked[-1]) == set(EXPORTED_GROUPS)
 
 
 def test_the_prometheus_traits_have_help_and_defaults() -> None:

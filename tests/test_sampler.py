@@ -325,21 +325,40 @@ def test_ticks_the_scheduler_misses_are_skipped_not_piled_up() -> None:
     assert sum(gaps) >= 1.5 * interval and all(g >= 0.5 * interval for g in gaps[1:]), gaps
 
 
+class Clock:
+    """The sampler's monotonic clock, moved by the test (deadlines still pass in real
+    time: a tick waits ``timeout`` real seconds for a hung call)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_hung_collector_goes_stale_with_its_last_reading_and_others_go_on() -> None:
     log, records = recording_log("hung")
     hung = Hung(good=1)
     counter = Counter()
+    clock = Clock()
     sampler = Sampler(
-        [counter, hung], interval=0.5, on_sample=lambda s: None, host="h", log=log, timeout=0.05
-    )
-    first = sampler.sample_once()
+        [counter, hung], interval=0.5, on_sample=lambda s: None, host="h", log=log,
+        timeout=0.05, clock=clock,
+    )  # fmt: skip
+    clock.now = 1001.0
+    first = sampler.sample_once()  # its last good reading, taken at 1001.0
     assert first.groups["container"] == {"call": 1} and not first.stale
+    clock.now = 1007.3
     started = time.monotonic()
     second = sampler.sample_once()
     assert time.monotonic() - started < 2.0  # the deadline, not the hang
     assert second.groups["cpu"] == {"calls": 2}
     assert second.groups["container"] == {"call": 1}  # its last good reading
-    assert 0 <= second.stale["container"] < 5
+    assert second.stale == {"container": 6.3}  # seconds since that reading
+    clock.now = 1012.5
+    third = sampler.sample_once()
+    assert third.stale == {"container": 11.5}
+    assert third.errors["container"] == "did not answer within 0.05 s; stuck for 5 s"
     assert second.errors["container"] == "did not answer within 0.05 s"
     stuck_lines = [m for m in messages(records) if "did not answer" in m]
     assert stuck_lines == [
@@ -349,7 +368,7 @@ def test_a_hung_collector_goes_stale_with_its_last_reading_and_others_go_on() ->
     for _ in range(30):
         later = sampler.sample_once()
     assert hung.calls == 2  # never called again while its call is out
-    assert later.groups["cpu"] == {"calls": 32} and "container" in later.stale
+    assert later.groups["cpu"] == {"calls": 33} and "container" in later.stale
     assert len([m for m in messages(records) if "did not answer" in m]) == 1
     assert len(sampler.threads) <= 2  # one runner, one thread in the stuck call
     hung.release.set()
@@ -357,6 +376,44 @@ def test_a_hung_collector_goes_stale_with_its_last_reading_and_others_go_on() ->
     again = sampler.sample_once()
     assert hung.calls == 3 and "container" not in again.stale
     assert again.groups["container"] == {"call": 3}
+    sampler.stop()
+
+
+class Gated:
+    """A collector whose n-th call returns only once ``gates[n]`` is set (n from 0)."""
+
+    name = "container"
+
+    def __init__(self, calls: int) -> None:
+        self.gates = [threading.Event() for _ in range(calls)]
+        self.calls = 0
+
+    def collect(self, now: float) -> dict[str, Any]:
+        call = self.calls
+        self.calls += 1
+        assert self.gates[call].wait(30), "never released"
+        return {"call": call, "read_at": now}
+
+
+def test_a_late_reading_is_carried_with_the_age_of_its_own_tick() -> None:
+    log, records = recording_log("late")
+    gated = Gated(calls=3)
+    gated.gates[0].set()
+    clock = Clock(2000.0)
+    sampler = Sampler([gated], interval=0.5, on_sample=lambda s: None, host="h", log=log,
+                      timeout=0.05, clock=clock)  # fmt: skip
+    assert sampler.sample_once().groups["container"] == {"call": 0, "read_at": 2000.0}
+    clock.now = 2003.0
+    late = sampler.sample_once()  # call 1 starts at 2003.0 and misses the deadline
+    assert late.stale == {"container": 3.0} and late.groups["container"]["call"] == 0
+    clock.now = 2004.5
+    gated.gates[1].set()  # call 1 returns after its tick: a reading of 2003.0
+    wait_until(lambda: any("returned after" in m for m in messages(records)))
+    clock.now = 2009.0
+    carried = sampler.sample_once()  # call 2 hangs; call 1's reading is the last good one
+    assert carried.groups["container"] == {"call": 1, "read_at": 2003.0}
+    assert carried.stale == {"container": 6.0}  # 2009.0 - 2003.0, not since 2000.0
+    gated.gates[2].set()
     sampler.stop()
 
 
