@@ -36,6 +36,7 @@ from .collectors import (
     MemoryCollector,
     NetworkCollector,
 )
+from .counters import CountersCollector
 from .errors import ConfigError
 from .fanout import missing_internals
 from .gpu import GpuCollector
@@ -356,6 +357,7 @@ class SysmonExtension(ExtensionApp):
             "container": ContainerCollector,
             "gpu": lambda: GpuCollector(kernel_pids=lambda: jupyter.kernel_pids),
             "jupyter": lambda: jupyter,
+            "counters": CountersCollector,
         }
         return [factories[group]() for group in self.metrics if group != "alerts"]
 
