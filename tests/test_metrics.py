@@ -4,6 +4,7 @@ scraping a real jupyter server beside Debian's node_exporter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from jupyter_server_ext.metrics import (
 from sysmon_nb._version import __version__
 from sysmon_nb.protocol import Status
 
-from .conftest import eventually
+from .conftest import eventually, recv_type
 from .servers import TOKEN, JupyterProcess, free_port
 from .test_gpu import FakeNvml, busy_with_process, load
 
@@ -479,6 +480,48 @@ async def test_the_servers_metrics_carry_the_latest_sample(
     assert value(m, "sysmon_collector_up", group="cpu") == 1
     assert EXPORTER.registered
     assert EXPORTER in REGISTRY._collector_to_names  # prometheus_client's default registry
+
+
+def _without_totals(obj: Any) -> Any:
+    """``obj`` without its ``*_total`` fields (the counters added for Prometheus)."""
+    if isinstance(obj, dict):
+        return {k: _without_totals(v) for k, v in obj.items() if not k.endswith("_total")}
+    if isinstance(obj, list):
+        return [_without_totals(v) for v in obj]
+    return obj
+
+
+async def test_the_default_frame_leaves_the_counters_group_out(
+    sysmon: SysmonExtension, jp_fetch: Any, connect: Any
+) -> None:
+    """A scrape makes the sampler read the per-CPU and per-interface counters, yet a
+    subscriber that names no group gets no ``counters``; one that names it does. The
+    ``*_total`` fields the other groups gained cost a few hundred bytes a frame (run with
+    ``-s`` to see the figures of this machine)."""
+    await eventually(lambda: sysmon.broadcaster.latest is not None)
+    await jp_fetch(METRICS_PATH)  # wants every exported group: counters too
+    latest = lambda: sysmon.broadcaster.latest  # noqa: E731
+    await eventually(lambda: "counters" in latest().groups and "users" in latest().groups)
+    async with connect() as ws:
+        hello = await recv_type(ws, "hello")
+        assert "counters" in hello["metrics"] and "counters" not in hello["subscribed"]
+        for _ in range(40):  # bounded: the subscriber wants users; a few ticks bring it
+            text = await asyncio.wait_for(ws.recv(), 10)
+            frame = json.loads(text)
+            if frame["type"] == "status" and "users" in frame:
+                break
+        else:
+            raise AssertionError("no status frame with users")
+    assert "counters" not in frame
+    lean = len(json.dumps(_without_totals(frame), separators=(",", ":")))
+    print(f"default frame: {len(text)} bytes, {len(text) - lean} of them *_total fields")
+    assert len(text) - lean <= 600  # disk 4, container 4, per kernel and user 1
+    async with connect("metrics=counters") as ws:
+        status = await recv_type(ws, "status")
+    cores = status["counters"]["cpu"]
+    assert len(cores) == len(psutil.cpu_times(percpu=True))
+    assert "lo" in {n["device"] for n in status["counters"]["network"]}
+    print(f"counters alone: {len(json.dumps(status, separators=(',', ':')))} bytes")
 
 
 async def test_stop_unregisters(sysmon: SysmonExtension, jp_fetch: Any) -> None:
