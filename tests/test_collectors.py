@@ -461,6 +461,14 @@ def test_counters_list_a_bounded_and_stable_set_of_interfaces() -> None:
     assert listed() == (["lo", "a0", "eth0"], 1)
 
 
+def test_counters_without_their_proc_files_fail_in_words(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    with pytest.raises(CollectorError, match="missing does not exist"):
+        CountersCollector(net_dev_path=missing).collect(0.0)
+    with pytest.raises(CollectorError, match="missing does not exist"):
+        CountersCollector(stat_path=missing).collect(0.0)
+
+
 def test_counters_from_proc_agree_with_psutil_and_close_when_paused() -> None:
     counters = CountersCollector()  # the real psutil: /proc/stat and /proc/net/dev
     before = psutil.net_io_counters(pernic=True)["lo"].bytes_recv

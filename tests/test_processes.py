@@ -137,6 +137,25 @@ def test_top_users_bounds_the_list_and_sums_the_rest() -> None:
     }
 
 
+def test_others_cpu_seconds_never_fall_as_users_move_in_and_out_of_the_list() -> None:
+    ps = FakePsutil()
+    ann = FakeProcess(1, "a", [], 100 * MIB, user="ann")
+    bob = FakeProcess(2, "b", [], 50 * MIB, user="bob")
+    ann.cpu_seconds, bob.cpu_seconds = 10.0, 20.0
+    ps.processes = {1: ann, 2: bob}
+    users = UsersCollector(top_n=1, ps=ps)
+    first = users.collect(0.0)
+    assert first["users"][0]["name"] == "ann" and first["others"]["cpu_seconds_total"] == 20.0
+    bob.cpu_seconds, bob._rss = 25.0, 200 * MIB  # bob is listed now, ann is not
+    second = users.collect(1.0)
+    assert [u["name"] for u in second["users"]] == ["bob"]
+    assert second["users"][0]["cpu_seconds_total"] == 25.0
+    # bob's 5 s went to his own row; ann used nothing: others stays, never falls
+    assert second["others"]["cpu_seconds_total"] == 20.0
+    ann.cpu_seconds = 12.0
+    assert users.collect(2.0)["others"]["cpu_seconds_total"] == 22.0
+
+
 def test_one_walk_per_tick_feeds_processes_and_users() -> None:
     ps = users_ps()
     walk = ProcessWalk(ps)
