@@ -16,12 +16,14 @@ same CPU's rate with no scrape (read just before), per scrape:
 - node_exporter's scrape: its whole process (Go: the work spreads over threads);
 - the sampler tick that feeds it, in this process (median CPU, as part 1), with the
   collectors a server makes by default (``processes`` with its top-5 lists and
-  ``users`` from one process walk): the tick a scrape causes, where the sampler is
+  ``users`` from one process walk, and the on-demand ``counters``: each CPU's time per
+  mode, each interface's traffic): the tick a scrape causes, where the sampler is
   told the groups a scrape wants (``metrics.WANTED_GROUPS``: every exported group;
   ``users`` needs the walk, ``processes``'s top lists are never exported so its group
-  is not sampled); the goal is on this tick. Beside it, the tick while someone watches
-  every group (both top lists and ``users`` from the walk), and a tick without the
-  walk at all (``top_processes = 0``, no ``users``). A tick is the sampler's: its
+  is not sampled; ``counters`` is); the goal is on this tick. Beside it, the tick
+  while someone watches every group (both top lists and ``users`` from the walk), and
+  a tick without the walk at all (``top_processes = 0``, no ``users``; ``counters``
+  still read). A tick is the sampler's: its
   collectors, the hand-off to its runner thread and the sample; not the server's own
   handling of the sample on its loop (alerts, the broadcast);
 - our collector alone: ``generate_latest`` of the sysmon families of a real sample, in
@@ -44,7 +46,9 @@ from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from jupyter_server_ext.counters import CountersCollector
 from jupyter_server_ext.metrics import WANTED_GROUPS, Exporter
+from jupyter_server_ext.sampler import Sampler
 
 from .common import (
     AUTH,
@@ -161,14 +165,21 @@ class Ticks:
     collector: float  # generate_latest of the sysmon families
 
 
+def with_counters(sampler: Sampler) -> Sampler:
+    """``sampler`` with the ``counters`` collector a server also makes (on demand: it
+    runs while the sampler's ``wanted`` names it, or always where that is ``None``)."""
+    sampler.collectors.append(CountersCollector())
+    return sampler
+
+
 def in_process(rounds: int) -> Ticks:
     """Median CPU ms, in this process, of a sampler tick of a server's default
     collectors when a scrape is all that wants groups (``WANTED_GROUPS``), of the same
     when every group is wanted, of a tick without the walk (``top_processes = 0``),
     and of ``generate_latest`` over the sysmon families of a real sample."""
-    fed = server_sampler(wanted=WANTED_GROUPS)
-    watched = server_sampler(wanted=None)
-    lean = default_sampler(top_processes=0)
+    fed = with_counters(server_sampler(wanted=WANTED_GROUPS))
+    watched = with_counters(server_sampler(wanted=None))
+    lean = with_counters(default_sampler(top_processes=0))
     samplers = (fed, watched, lean)
     for _ in range(2):  # prime: rates, the process table
         for sampler in samplers:

@@ -37,6 +37,7 @@ from .collectors import (
     MemoryCollector,
     NetworkCollector,
 )
+from .counters import CountersCollector
 from .demand import (
     SCRAPE_CALLER,
     SCRAPE_PERIOD_GUESS_S,
@@ -441,6 +442,7 @@ class SysmonExtension(ExtensionApp):
             "container": ContainerCollector,
             "gpu": lambda: GpuCollector(kernel_pids=lambda: jupyter.kernel_pids),
             "jupyter": lambda: jupyter,
+            "counters": CountersCollector,
         }
         return [factories[group]() for group in self.metrics if group != "alerts"]
 

@@ -19,7 +19,11 @@ v1 ``cpuacct.usage``) becomes ``cpu_usage_cores`` over the monotonic interval; t
 period counters (``cpu.stat`` ``nr_periods``/``nr_throttled``, v1 and v2) become
 ``cpu_throttled_percent``; ``oom_kills`` is the kernel's own count of OOM kills in the
 cgroup since it was created (v2 ``memory.events``, v1 ``memory.oom_control``, kernel
-4.13+). The ``*_pressure`` fields are the cgroup's PSI on v2 (see :mod:`.pressure`).
+4.13+). The counters themselves ride along, as the kernel counts them since the cgroup
+was created: ``cpu_usage_seconds_total``, ``cpu_periods_total``,
+``cpu_throttled_periods_total`` and ``cpu_throttled_seconds_total`` (v2 ``cpu.stat``
+``throttled_usec``, v1 ``throttled_time``); ``null`` where the files lack them. The
+``*_pressure`` fields are the cgroup's PSI on v2 (see :mod:`.pressure`).
 """
 
 from __future__ import annotations
@@ -89,13 +93,16 @@ class ContainerCollector:
         return held
 
     def _rates(self, now: float, counters: CpuCounters) -> dict[str, float | None]:
-        """``cpu_usage_cores`` and ``cpu_throttled_percent`` since the previous tick."""
+        """``cpu_usage_cores`` and ``cpu_throttled_percent`` since the previous tick, and
+        the counters themselves (``*_total``)."""
         prev, self._last_counters = self._last_counters, (now, counters)
+        totals = counters.totals()
         if prev is None:
-            return {"cpu_usage_cores": None, "cpu_throttled_percent": None}
+            return {"cpu_usage_cores": None, "cpu_throttled_percent": None, **totals}
         return {
             "cpu_usage_cores": usage_cores(prev[1], counters, now - prev[0]),
             "cpu_throttled_percent": throttled_percent(prev[1], counters),
+            **totals,
         }
 
     def _detect(self) -> int | None:
@@ -145,12 +152,16 @@ class ContainerCollector:
             used = max(0, _int(plan.current.path, current) - inactive)
         elif not plan.at_root:  # a cgroup below the root has the file: this is a fault
             raise CollectorError(f"cannot read {plan.current.path}")
-        cpu_stat = _stats(plan.cpu_stat, b"usage_usec", b"nr_periods", b"nr_throttled")
+        cpu_stat = _stats(
+            plan.cpu_stat, b"usage_usec", b"nr_periods", b"nr_throttled", b"throttled_usec"
+        )
         usage_usec = cpu_stat.get("usage_usec")
+        throttled_usec = cpu_stat.get("throttled_usec")
         counters = CpuCounters(
             usage_ns=None if usage_usec is None else usage_usec * 1000,
             periods=cpu_stat.get("nr_periods"),
             throttled=cpu_stat.get("nr_throttled"),
+            throttled_ns=None if throttled_usec is None else throttled_usec * 1000,
         )
         memory_pressure, cpu_pressure, io_pressure = plan.pressure
         return {
@@ -226,12 +237,17 @@ class ContainerCollector:
                 )
         cpu_stat: dict[str, int] = {}
         if plan.cpu_stat is not None:
-            cpu_stat = _stats(plan.cpu_stat, b"nr_periods", b"nr_throttled")
+            cpu_stat = _stats(plan.cpu_stat, b"nr_periods", b"nr_throttled", b"throttled_time")
         usage_ns: int | None = None
         if plan.cpuacct is not None:
             text = _read(plan.cpuacct)
             usage_ns = int(text) if text is not None and text.isdigit() else None
-        counters = CpuCounters(usage_ns, cpu_stat.get("nr_periods"), cpu_stat.get("nr_throttled"))
+        counters = CpuCounters(
+            usage_ns,
+            cpu_stat.get("nr_periods"),
+            cpu_stat.get("nr_throttled"),
+            cpu_stat.get("throttled_time"),  # ns
+        )
         return {
             "cgroup": 1,
             "memory_limit_bytes": memory_limit,
@@ -299,6 +315,20 @@ class CpuCounters:
     usage_ns: int | None
     periods: int | None
     throttled: int | None
+    throttled_ns: int | None = None
+
+    def totals(self) -> dict[str, float | int | None]:
+        """The counters as the sample carries them (seconds, periods)."""
+        return {
+            "cpu_usage_seconds_total": _seconds(self.usage_ns),
+            "cpu_periods_total": self.periods,
+            "cpu_throttled_periods_total": self.throttled,
+            "cpu_throttled_seconds_total": _seconds(self.throttled_ns),
+        }
+
+
+def _seconds(ns: int | None) -> float | None:
+    return None if ns is None else round(ns / 1e9, 6)
 
 
 def usage_cores(before: CpuCounters, after: CpuCounters, elapsed_s: float) -> float | None:

@@ -19,10 +19,11 @@ import psutil
 
 from . import kernels, procfs
 from .calls import INLINE, Stuck
+from .cputime import CpuCounters, readings
 from .errors import CollectorError
 from .pressure import HOST_PRESSURE, HostPressure
-from .processes import ProcessTable
-from .processes import uses_procfs as _uses_procfs
+from .proctable import ProcessTable
+from .proctable import uses_procfs as _uses_procfs
 from .sampler import Rates, sum_known
 
 
@@ -215,9 +216,11 @@ class _Mount:
 
 
 class DiskCollector:
-    """``disk``: read/write throughput and operations per second over all disks, and
-    the usage of each mounted filesystem. The mount table is re-read every
-    ``MOUNTS_REFRESH`` seconds; usage is read every tick.
+    """``disk``: read/write throughput and operations per second over all disks, the
+    same as counters since boot (``*_total``; the whole disks of ``/proc/diskstats``,
+    which a container shares with its host), and the usage of each mounted filesystem.
+    The mount table is re-read every ``MOUNTS_REFRESH`` seconds; usage is read every
+    tick.
 
     Which filesystems are listed: each local disk's shortest mount point (psutil's
     ``disk_partitions(all=False)``), plus ``/``; network filesystems (NFS, CephFS,
@@ -288,6 +291,10 @@ class DiskCollector:
             "write_bytes_per_s": _rounded(rates.get("write_bytes")),
             "read_ops_per_s": _rounded(rates.get("read_ops")),
             "write_ops_per_s": _rounded(rates.get("write_ops")),
+            "read_bytes_total": counters.get("read_bytes"),
+            "write_bytes_total": counters.get("write_bytes"),
+            "read_ops_total": counters.get("read_ops"),
+            "write_ops_total": counters.get("write_ops"),
             "mounts": mounts,
         }
 
@@ -437,7 +444,12 @@ class JupyterCollector:
     notebook path, state, and the CPU and memory of its whole process tree (the kernel
     and every descendant; RSS is summed, so pages shared between them count twice).
     ``source`` returns a :class:`JupyterCounts` (see ``app.py``, which reads the
-    managers on the event loop). ``trees`` lists a pid's tree (:mod:`.kernels`)."""
+    managers on the event loop). ``trees`` lists a pid's tree (:mod:`.kernels`).
+
+    ``cpu_seconds_total`` is the tree's CPU time as a counter
+    (:class:`~.cputime.CpuCounter`): from the first tick that sees the kernel, it never
+    decreases while the server runs, as children exit or the kernel restarts; it is
+    forgotten when the kernel is shut down."""
 
     name = "jupyter"
 
@@ -451,6 +463,7 @@ class JupyterCollector:
         self._ps = ps
         self._table = ProcessTable(ps)
         self._trees = trees if trees is not None else self._default_tree
+        self._cpu = CpuCounters()
         #: pid -> kernel id for every process in a kernel's tree, as of the last tick
         #: (the GPU collector names the kernel behind a GPU process with it).
         self.kernel_pids: dict[int, str] = {}
@@ -472,7 +485,17 @@ class JupyterCollector:
         self.kernel_pids = {
             pid: k.id for k in counts.kernels if k.pid is not None for pid in trees[k.pid]
         }
-        by_pid = {p.pid: p for p in self._table.read({p for t in trees.values() for p in t})}
+        read = self._table.read({p for t in trees.values() for p in t}, zombies=True)
+        everyone = {p.pid: p for p in read}
+        self._cpu.forget_except(k.id for k in counts.kernels)
+        self._cpu.update(
+            {
+                k.id: readings(everyone[p] for p in trees[k.pid] if p in everyone)
+                for k in counts.kernels
+                if k.pid is not None
+            }
+        )
+        by_pid = {pid: p for pid, p in everyone.items() if not p.zombie}
         usage = []
         for kernel in counts.kernels:
             cpu: float | None = None
@@ -493,6 +516,7 @@ class JupyterCollector:
                     "last_activity": kernel.last_activity,
                     "connections": kernel.connections,
                     "cpu_percent": cpu,
+                    "cpu_seconds_total": _rounded(self._cpu.seconds(kernel.id), 2),
                     "rss_bytes": rss,
                 }
             )

@@ -6,27 +6,42 @@ jupyter_server's ``/metrics`` (prometheus_client's default registry) only where
 A scrape reads the sample the sampler already published (``broadcaster.latest``): it
 never samples and never waits on the sampler's thread, so a scrape costs the same
 whether a collector is slow, hung or failing. What a sample holds becomes metrics named
-the node_exporter way, with the unit in the name and the ``sysmon_`` prefix::
+the node_exporter way, with the unit in the name and the ``sysmon_`` prefix: what the
+kernel counts as counters (``_total``, for ``rate()``), levels as gauges, enums as one
+0/1 series per state, versions as labels of an ``_info`` series::
 
-    cpu.percent                  sysmon_cpu_usage_ratio
-    memory.available_bytes       sysmon_memory_available_bytes
-    disk.mounts[].free_bytes     sysmon_filesystem_avail_bytes{mountpoint,fstype}
-    network.recv_bytes_per_s     sysmon_network_receive_bytes_per_second
-    gpu.devices[].utilization    sysmon_gpu_utilization_ratio{gpu,uuid}
-    jupyter.kernel_usage[].rss   sysmon_kernel_memory_rss_bytes{kernel_id,kernel_name}
-    users.users[].rss_bytes      sysmon_user_memory_rss_bytes{user} (and user="(others)")
+    counters.cpu[].<mode>            sysmon_cpu_seconds_total{cpu,mode}
+    counters.network[].receive_bytes sysmon_network_receive_bytes_total{device}
+    disk.read_bytes_total            sysmon_disk_read_bytes_total
+    memory.available_bytes           sysmon_memory_available_bytes
+    disk.mounts[].free_bytes         sysmon_filesystem_avail_bytes{mountpoint,fstype}
+    container.cpu_usage_seconds_total sysmon_container_cpu_usage_seconds_total
+    container.cgroup                 sysmon_container_info{cgroup_version}
+    gpu.devices[].utilization        sysmon_gpu_utilization_ratio{gpu,uuid}
+    jupyter.kernel_usage[].cpu_seconds_total
+                                     sysmon_kernel_cpu_seconds_total{kernel_id,kernel_name}
+    jupyter.kernel_usage[].execution_state
+                                     sysmon_kernel_execution_state{kernel_id,kernel_name,state}
+    users.users[].rss_bytes          sysmon_user_memory_rss_bytes{user} (and user="(others)")
 
-Percentages become ratios (0-1; a process's CPU is a share of one core, so it can pass
-1). A field that is ``null`` (a rate not known yet, a limit that does not exist) is
-left out, never exported as 0; so are pure derivations PromQL computes itself (memory,
-swap and filesystem ``percent``). Label sets stay bounded: mount point and type, CPU
-index, GPU index and UUID, kernel id and name, user, group, alert name — never a pid or
-a process name (the top-process lists stay on the WebSocket).
+Rates and shares computed over the sampler's window (``*_per_s``, ``percent`` of CPU,
+``cpu_usage_cores``, ``cpu_throttled_percent``) stay on the WebSocket: Prometheus
+computes them from the counters over its own window. Other percentages become ratios
+(0-1). A field that is ``null`` (a counter not known yet, a limit that does not exist)
+is left out, never exported as 0; so are pure derivations PromQL computes itself
+(memory, swap and filesystem ``percent``). Label sets stay bounded: mount point and
+type, CPU index and mode, network interface (at most 32), GPU index and UUID, kernel id
+and name, execution state, user, group, alert name — never a pid or a process name (the
+top-process lists stay on the WebSocket).
+
+Each family's name, help (what a container sees), labels and type is in
+:mod:`.metric_specs`.
 
 Beside the sample: ``sysmon_collector_up{group}`` (0 while the group failed or is stale
-this sample), ``sysmon_sample_age_seconds``, ``sysmon_sample_interval_seconds`` and
-``sysmon_sampler_skipped_ticks_total``; and ``sysmon_alert_active{name}`` for each active
-alert, when the sample has an ``alerts`` group.
+this sample), ``sysmon_sample_age_seconds``, ``sysmon_sample_interval_seconds``,
+``sysmon_sampler_skipped_ticks_total``, ``sysmon_build_info``; and
+``sysmon_alert_active{name}`` for each active alert, when the sample has an ``alerts``
+group.
 
 One :class:`Exporter` per registry is registered at most once, however many extensions
 run in the process: each extension attaches on start and detaches on stop; the exporter
@@ -38,217 +53,54 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from sysmon_nb.protocol import Status
 
+from .metric_specs import (  # re-exported: tests, benchmarks and others name them here
+    AGE,
+    ALERT,
+    BUILD,
+    BUILD_LABELS,
+    CONTAINER_INFO,
+    CPU_MODES,
+    CPU_SECONDS,
+    EXPORTED_GROUPS,
+    GPU_FIELDS,
+    GPU_INFO,
+    INTERVAL,
+    KERNEL_FIELDS,
+    KERNEL_GPU,
+    KERNEL_STATE,
+    KERNEL_STATES,
+    MOUNT_FIELDS,
+    NET_FIELDS,
+    OTHERS_USER,
+    SCALARS,
+    SKIPPED,
+    SPECS,
+    UP,
+    USER_FIELDS,
+    WANTED_GROUPS,
+    Spec,
+)
+
+__all__ = [
+    "EXPORTED_GROUPS",
+    "EXPORTER",
+    "KERNEL_STATES",
+    "OTHERS_USER",
+    "SPECS",
+    "WANTED_GROUPS",
+    "Exporter",
+    "Spec",
+    "families",
+]
+
 log = logging.getLogger("sysmon_nb.metrics")
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One metric family: its full name (counters end in ``_total``), help and labels."""
-
-    name: str
-    help: str
-    labels: tuple[str, ...] = ()
-    counter: bool = False
-
-    def family(self) -> Metric:
-        if self.counter:
-            return CounterMetricFamily(self.name, self.help, labels=self.labels)
-        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
-
-
-SPECS: dict[str, Spec] = {}
-
-#: Percent fields are scaled by this to become ratios.
-PCT = 0.01
-
-
-def _spec(name: str, help: str, *labels: str, counter: bool = False) -> str:
-    SPECS[name] = Spec(name, help, labels, counter)
-    return name
-
-
-@dataclass(frozen=True)
-class _Field:
-    """A field of a sample object, the metric it becomes, and its scale."""
-
-    field: str
-    metric: str
-    scale: float
-
-
-def _f(field: str, metric: str, scale: float, help: str, *labels: str, **kw: bool) -> _Field:
-    return _Field(field, _spec(metric, help, *labels, **kw), scale)
-
-
-_MOUNT = ("mountpoint", "fstype")
-_GPU = ("gpu", "uuid")
-_KERNEL = ("kernel_id", "kernel_name")
-
-# fmt: off
-UP = _spec("sysmon_collector_up",
-           "1 if the group's collector gave a fresh reading for the latest sample, 0 while "
-           "it fails or is stale (its metrics are then its last good reading).", "group")
-AGE = _spec("sysmon_sample_age_seconds", "Seconds since the latest sample was taken.")
-INTERVAL = _spec("sysmon_sample_interval_seconds", "Seconds between samples.")
-SKIPPED = _spec("sysmon_sampler_skipped_ticks_total",
-                "Ticks the sampler skipped (too slow for its interval) since it started.",
-                counter=True)
-ALERT = _spec("sysmon_alert_active", "1 for each firing alert rule (alert_rules).", "name")
-
-#: Plain fields of each group, one series each.
-_SCALARS: dict[str, tuple[_Field, ...]] = {
-    "cpu": (
-        _f("percent", "sysmon_cpu_usage_ratio", PCT,
-           "Share of all CPUs busy over the last interval."),
-        _f("count", "sysmon_cpus", 1.0, "Logical CPUs."),
-        _f("load_1m", "sysmon_load1", 1.0, "1-minute load average."),
-        _f("load_5m", "sysmon_load5", 1.0, "5-minute load average."),
-        _f("load_15m", "sysmon_load15", 1.0, "15-minute load average."),
-        _f("pressure", "sysmon_cpu_pressure_ratio", PCT,
-           "Share of time some task waited for a CPU (PSI some avg10)."),
-    ),
-    "memory": (
-        _f("total_bytes", "sysmon_memory_total_bytes", 1.0, "Physical memory."),
-        _f("available_bytes", "sysmon_memory_available_bytes", 1.0,
-           "Memory available to new work without swapping (MemAvailable)."),
-        _f("used_bytes", "sysmon_memory_used_bytes", 1.0,
-           "Memory in use: total minus available."),
-        _f("swap_total_bytes", "sysmon_memory_swap_total_bytes", 1.0, "Swap space."),
-        _f("swap_used_bytes", "sysmon_memory_swap_used_bytes", 1.0, "Swap in use."),
-        _f("pressure", "sysmon_memory_pressure_ratio", PCT,
-           "Share of time some task waited for memory (PSI some avg10)."),
-    ),
-    "disk": (
-        _f("read_bytes_per_s", "sysmon_disk_read_bytes_per_second", 1.0,
-           "Bytes read, all disks."),
-        _f("write_bytes_per_s", "sysmon_disk_written_bytes_per_second", 1.0,
-           "Bytes written, all disks."),
-        _f("read_ops_per_s", "sysmon_disk_reads_completed_per_second", 1.0,
-           "Reads completed, all disks."),
-        _f("write_ops_per_s", "sysmon_disk_writes_completed_per_second", 1.0,
-           "Writes completed, all disks."),
-    ),
-    "network": (
-        _f("recv_bytes_per_s", "sysmon_network_receive_bytes_per_second", 1.0,
-           "Bytes received, all interfaces but loopback."),
-        _f("sent_bytes_per_s", "sysmon_network_transmit_bytes_per_second", 1.0,
-           "Bytes sent, all interfaces but loopback."),
-        _f("recv_packets_per_s", "sysmon_network_receive_packets_per_second", 1.0,
-           "Packets received, all interfaces but loopback."),
-        _f("sent_packets_per_s", "sysmon_network_transmit_packets_per_second", 1.0,
-           "Packets sent, all interfaces but loopback."),
-    ),
-    "processes": (
-        _f("count", "sysmon_processes", 1.0, "Processes on the machine."),
-    ),
-    "container": (
-        _f("cgroup", "sysmon_container_cgroup_version", 1.0,
-           "The server's cgroup version (1 or 2)."),
-        _f("memory_limit_bytes", "sysmon_container_memory_limit_bytes", 1.0,
-           "The server's cgroup memory limit (absent where unlimited)."),
-        _f("memory_used_bytes", "sysmon_container_memory_used_bytes", 1.0,
-           "Memory the server's cgroup uses, inactive file cache left out (what the OOM "
-           "killer counts)."),
-        _f("cpu_limit_cores", "sysmon_container_cpu_limit_cores", 1.0,
-           "The server's cgroup CPU quota in cores (absent where unlimited)."),
-        _f("cpu_usage_cores", "sysmon_container_cpu_usage_cores", 1.0,
-           "Cores the server's cgroup used over the last interval."),
-        _f("cpu_throttled_percent", "sysmon_container_cpu_throttled_ratio", PCT,
-           "Share of the last interval's CPU periods in which the cgroup was throttled."),
-        _f("oom_kills", "sysmon_container_oom_kills_total", 1.0,
-           "Processes OOM-killed in the server's cgroup since it was created.",
-           counter=True),
-        _f("memory_pressure", "sysmon_container_memory_pressure_ratio", PCT,
-           "Share of time some task of the cgroup waited for memory (PSI some avg10)."),
-        _f("cpu_pressure", "sysmon_container_cpu_pressure_ratio", PCT,
-           "Share of time some task of the cgroup waited for a CPU (PSI some avg10)."),
-        _f("io_pressure", "sysmon_container_io_pressure_ratio", PCT,
-           "Share of time some task of the cgroup waited for I/O (PSI some avg10)."),
-    ),
-    "users": (
-        _f("count", "sysmon_users", 1.0, "Unix users with at least one process."),
-    ),
-    "jupyter": (
-        _f("kernels", "sysmon_jupyter_kernels", 1.0, "Kernels the server runs."),
-        _f("terminals", "sysmon_jupyter_terminals", 1.0, "Terminals the server runs."),
-        _f("sessions", "sysmon_jupyter_sessions", 1.0, "Sessions the server holds."),
-    ),
-}
-
-CORE = _spec("sysmon_cpu_core_usage_ratio",
-             "Share of one logical CPU busy over the last interval.", "cpu")
-
-#: disk.mounts[] fields, labelled by mount point and type.
-_MOUNT_FIELDS = (
-    _f("total_bytes", "sysmon_filesystem_size_bytes", 1.0, "Filesystem size.", *_MOUNT),
-    _f("used_bytes", "sysmon_filesystem_used_bytes", 1.0, "Filesystem space in use.", *_MOUNT),
-    _f("free_bytes", "sysmon_filesystem_avail_bytes", 1.0,
-       "Filesystem space available to non-root users.", *_MOUNT),
-    _f("home", "sysmon_filesystem_home", 1.0,
-       "1 for the filesystem that holds the server's root_dir or $HOME.", *_MOUNT),
-    _f("stuck", "sysmon_filesystem_stuck", 1.0,
-       "1 while a call on the filesystem does not return in time (its other figures are "
-       "then the last known ones).", *_MOUNT),
-)
-
-#: gpu.devices[] fields, labelled by GPU index and UUID.
-_GPU_FIELDS = (
-    _f("utilization_percent", "sysmon_gpu_utilization_ratio", PCT,
-       "Share of the last sample period in which a kernel ran on the GPU.", *_GPU),
-    _f("memory_used_bytes", "sysmon_gpu_memory_used_bytes", 1.0, "GPU memory in use.", *_GPU),
-    _f("memory_total_bytes", "sysmon_gpu_memory_total_bytes", 1.0, "GPU memory.", *_GPU),
-    _f("temperature_c", "sysmon_gpu_temperature_celsius", 1.0, "GPU temperature.", *_GPU),
-    _f("power_w", "sysmon_gpu_power_watts", 1.0, "GPU power draw.", *_GPU),
-    _f("power_limit_w", "sysmon_gpu_power_limit_watts", 1.0, "GPU power limit.", *_GPU),
-)
-GPU_INFO = _spec("sysmon_gpu_info", "1 for each GPU, with its model name.", *_GPU, "name")
-KERNEL_GPU = _spec("sysmon_kernel_gpu_memory_bytes",
-                   "GPU memory used by a kernel's processes.", *_KERNEL, *_GPU)
-
-#: jupyter.kernel_usage[] fields, labelled by kernel id and name.
-_KERNEL_FIELDS = (
-    _f("rss_bytes", "sysmon_kernel_memory_rss_bytes", 1.0,
-       "Resident memory of a kernel (its whole process tree where known).", *_KERNEL),
-    _f("cpu_percent", "sysmon_kernel_cpu_usage_ratio", PCT,
-       "CPU a kernel used over the last interval, as a share of one core (can pass 1).",
-       *_KERNEL),
-    _f("connections", "sysmon_kernel_connections", 1.0,
-       "Clients connected to a kernel.", *_KERNEL),
-    _f("last_activity", "sysmon_kernel_last_activity_timestamp_seconds", 1.0,
-       "Unix time of a kernel's last activity.", *_KERNEL),
-)
-KERNEL_STATE = _spec("sysmon_kernel_execution_state",
-                     "1 for a kernel's current execution state (idle, busy, starting...).",
-                     *_KERNEL, "state")
-
-#: users.users[] fields, labelled by user; the users past ``top_users`` are summed under
-#: the label :data:`OTHERS_USER` (so that a sum over users is the machine's total).
-_USER_FIELDS = (
-    _f("processes", "sysmon_user_processes", 1.0, "Processes a unix user runs.", "user"),
-    _f("cpu_percent", "sysmon_user_cpu_usage_ratio", PCT,
-       "CPU a user's processes used over the last interval, as a share of one core.", "user"),
-    _f("rss_bytes", "sysmon_user_memory_rss_bytes", 1.0,
-       "Resident memory of a user's processes.", "user"),
-)
-# fmt: on
-
-#: The sample groups this module turns into metrics.
-EXPORTED_GROUPS: tuple[str, ...] = (
-    "cpu", "memory", "disk", "network", "processes", "container", "gpu", "jupyter", "users",
-    "alerts",
-)  # fmt: skip
-
-#: What a scrape asks the sampler to keep sampling (``want``): every exported group
-#: (``processes`` for its count; its top lists come from the walk ``users`` needs anyway).
-WANTED_GROUPS: tuple[str, ...] = EXPORTED_GROUPS
 
 
 def _number(value: object) -> float | None:
@@ -295,20 +147,22 @@ class _Series:
 def families(status: Status, now: float, wanted: Collection[str] = ()) -> Iterator[Metric]:
     """The metric families of ``status`` as seen at unix time ``now``; a group of
     ``wanted`` (what the scrape asked for) that the sample lacks is ``up`` 0. Pure:
-    reads the sample, nothing else."""
+    reads the sample (and the exporting process's build), nothing else."""
     out = _Series()
     groups = status.groups
-    for group, fields in _SCALARS.items():
+    for group, fields in SCALARS.items():
         data = groups.get(group)
         if data is not None:
             for f in fields:
                 out.add(f.metric, (), _scaled(data.get(f.field), f.scale))
-    cpu = groups.get("cpu")
-    if cpu is not None:
-        per_cpu = cpu.get("per_cpu")
-        if isinstance(per_cpu, list):
-            for index, value in enumerate(per_cpu):
-                out.add(CORE, (str(index),), _scaled(value, PCT))
+    counters = groups.get("counters")
+    if counters is not None:
+        _counters(out, counters)
+    container = groups.get("container")
+    if container is not None:
+        version = _number(container.get("cgroup"))
+        if version is not None:
+            out.add(CONTAINER_INFO, (str(int(version)),), 1.0)
     disk = groups.get("disk")
     if disk is not None:
         _mounts(out, disk.get("mounts"))
@@ -332,6 +186,7 @@ def families(status: Status, now: float, wanted: Collection[str] = ()) -> Iterat
     out.add(AGE, (), max(0.0, now - status.time))
     out.add(INTERVAL, (), float(status.interval))
     out.add(SKIPPED, (), float(status.skipped_ticks))
+    out.add(BUILD, BUILD_LABELS, 1.0)
     return out.families()
 
 
@@ -342,13 +197,28 @@ def _items(value: object) -> list[Mapping[str, Any]]:
     return [item for item in value if isinstance(item, Mapping)]
 
 
+def _counters(out: _Series, counters: Mapping[str, Any]) -> None:
+    for core in _items(counters.get("cpu")):
+        number = _number(core.get("cpu"))
+        if number is None:
+            continue
+        cpu = str(int(number))
+        for mode in CPU_MODES:
+            out.add(CPU_SECONDS, (cpu, mode), _number(core.get(mode)))
+    for nic in _items(counters.get("network")):
+        device = nic.get("device")
+        if isinstance(device, str):
+            for f in NET_FIELDS:
+                out.add(f.metric, (device,), _number(nic.get(f.field)))
+
+
 def _mounts(out: _Series, mounts: object) -> None:
     for mount in _items(mounts):
         path = mount.get("path")
         if not isinstance(path, str):
             continue
         labels = (path, str(mount.get("fstype") or ""))
-        for f in _MOUNT_FIELDS:
+        for f in MOUNT_FIELDS:
             out.add(f.metric, labels, _scaled(mount.get(f.field), f.scale))
 
 
@@ -362,11 +232,13 @@ def _kernels(out: _Series, usage: object) -> dict[str, str]:
         kernel_name = str(kernel.get("name") or "")
         names[kernel_id] = kernel_name
         labels = (kernel_id, kernel_name)
-        for f in _KERNEL_FIELDS:
+        for f in KERNEL_FIELDS:
             out.add(f.metric, labels, _scaled(kernel.get(f.field), f.scale))
         state = kernel.get("execution_state")
-        if isinstance(state, str):
-            out.add(KERNEL_STATE, (*labels, state), 1.0)
+        if state not in KERNEL_STATES:
+            state = "unknown"
+        for known in KERNEL_STATES:
+            out.add(KERNEL_STATE, (*labels, known), 1.0 if known == state else 0.0)
     return names
 
 
@@ -374,7 +246,7 @@ def _gpus(out: _Series, devices: object, kernel_names: Mapping[str, str]) -> Non
     for device in _items(devices):
         labels = (str(device.get("index", "")), str(device.get("uuid") or ""))
         out.add(GPU_INFO, (*labels, str(device.get("name") or "")), 1.0)
-        for f in _GPU_FIELDS:
+        for f in GPU_FIELDS:
             out.add(f.metric, labels, _scaled(device.get(f.field), f.scale))
         by_kernel: dict[str, float] = {}
         for process in _items(device.get("processes")):
@@ -386,10 +258,6 @@ def _gpus(out: _Series, devices: object, kernel_names: Mapping[str, str]) -> Non
             out.add(KERNEL_GPU, (kernel_id, kernel_names.get(kernel_id, ""), *labels), used)
 
 
-#: The ``user`` label of the sums of the users left out of the ``users`` list.
-OTHERS_USER = "(others)"
-
-
 def _users(out: _Series, users: Mapping[str, Any]) -> None:
     rows = [(u.get("name"), u) for u in _items(users.get("users"))]
     others = users.get("others")
@@ -398,7 +266,7 @@ def _users(out: _Series, users: Mapping[str, Any]) -> None:
     for name, user in rows:
         if not isinstance(name, str):
             continue
-        for f in _USER_FIELDS:
+        for f in USER_FIELDS:
             out.add(f.metric, (name,), _scaled(user.get(f.field), f.scale))
 
 

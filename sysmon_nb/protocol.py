@@ -36,7 +36,12 @@ GROUPS: tuple[str, ...] = (
     "gpu",
     "jupyter",
     "alerts",
+    "counters",
 )
+
+#: Groups sent only to whoever names them (their size grows with the machine): a
+#: subscription or a REST call that names no group gets every offered group but these.
+BY_NAME_ONLY: tuple[str, ...] = ("counters",)
 
 #: Client messages larger than this close the connection with 1009.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -96,14 +101,15 @@ def parse_metrics(
     """Turn ``"cpu,memory"`` or ``["cpu", "memory"]`` into a tuple of known groups.
 
     The result keeps the order of ``offered`` and has no duplicates. An empty value
-    means every offered group. Unknown or unoffered names raise :class:`ProtocolError`.
+    means every offered group but those in :data:`BY_NAME_ONLY`. Unknown or unoffered
+    names raise :class:`ProtocolError`.
     """
     if isinstance(value, str):
         names: list[object] = [part.strip() for part in value.split(",") if part.strip()]
     else:
         names = list(value)
     if not names:
-        return tuple(offered)
+        return tuple(g for g in offered if g not in BY_NAME_ONLY)
     unknown = [n for n in names if not isinstance(n, str) or n not in offered]
     if unknown:
         shown = quote(", ".join(quote(repr(n)) for n in unknown[:5]))

@@ -13,6 +13,13 @@ from jupyter_server_ext.cgroup import ContainerCollector
 from jupyter_server_ext.errors import CollectorError
 
 GiB = 1 << 30
+#: The CPU counters of a tree without cpu.stat / cpuacct.usage.
+NO_TOTALS = {
+    "cpu_usage_seconds_total": None,
+    "cpu_periods_total": None,
+    "cpu_throttled_periods_total": None,
+    "cpu_throttled_seconds_total": None,
+}
 
 
 def write(root: Path, files: dict[str, str]) -> None:
@@ -52,6 +59,7 @@ def test_v2_limits_of_own_cgroup(tmp_path: Path) -> None:
         "memory_pressure": None,
         "cpu_pressure": None,
         "io_pressure": None,
+        **NO_TOTALS,
     }
 
 
@@ -168,6 +176,7 @@ def test_v1_hybrid_layout_like_this_machine(tmp_path: Path) -> None:
         "memory_pressure": None,
         "cpu_pressure": None,
         "io_pressure": None,
+        **NO_TOTALS,
     }
 
 
@@ -207,6 +216,7 @@ def test_no_cgroup_filesystem_is_all_null(tmp_path: Path) -> None:
         "memory_pressure": None,
         "cpu_pressure": None,
         "io_pressure": None,
+        **NO_TOTALS,
     }
 
 
@@ -221,6 +231,7 @@ FIELDS = {
     "memory_pressure",
     "cpu_pressure",
     "io_pressure",
+    *NO_TOTALS,
 }
 
 

@@ -25,8 +25,10 @@ from jupyter_server_ext.collectors import (
     NetworkCollector,
     holding_mount,
 )
+from jupyter_server_ext.counters import CountersCollector
 from jupyter_server_ext.errors import CollectorError
 from jupyter_server_ext.processes import ProcessesCollector, ProcessTable
+from jupyter_server_ext.procfs import CPU_MODES
 
 RECORDED = json.loads((Path(__file__).parent / "fixtures" / "psutil_linux.json").read_text())
 
@@ -134,6 +136,23 @@ class FakeProcess:
         self._check()
         return _nt("pmem", {"rss": self._rss, "vms": self._rss * 2})
 
+    #: CPU seconds so far: its own, and its reaped children's (``cpu_times``).
+    cpu_seconds = 0.0
+    reaped_seconds = 0.0
+    created = 1.0
+
+    def cpu_times(self) -> Any:
+        self._check()
+        return _nt(
+            "pcputimes",
+            {"user": self.cpu_seconds, "system": 0.0, "children_user": self.reaped_seconds,
+             "children_system": 0.0},
+        )  # fmt: skip
+
+    def create_time(self) -> float:
+        self._check()
+        return self.created
+
     def children(self, recursive: bool = False) -> list[FakeProcess]:
         assert recursive
         self._check()
@@ -211,6 +230,13 @@ def test_disk_rates_from_recorded_io_and_mounts() -> None:
     assert second["write_bytes_per_s"] == round((b["write_bytes"] - a["write_bytes"]) / 2, 1)
     assert second["write_bytes_per_s"] >= 50 * 2**20 / 2  # the recording wrote 50 MiB
     assert second["write_ops_per_s"] == round((b["write_count"] - a["write_count"]) / 2, 1)
+    # the counters themselves, for Prometheus's rate()
+    assert first["read_bytes_total"] == a["read_bytes"]
+    assert second["write_bytes_total"] == b["write_bytes"]
+    assert (second["read_ops_total"], second["write_ops_total"]) == (
+        b["read_count"],
+        b["write_count"],
+    )
 
 
 def test_disk_counter_reset_is_null_and_recovers() -> None:
@@ -393,6 +419,70 @@ def test_network_interface_reset_or_new_is_left_out_of_the_sum() -> None:
     assert result["sent_bytes_per_s"] >= 0
 
 
+# -- counters (on demand) ---------------------------------------------------------------
+
+
+def test_counters_per_core_and_mode_and_per_interface_loopback_included() -> None:
+    ps = FakePsutil()
+    counters = CountersCollector(ps)
+    assert counters.on_demand and counters.name == "counters"
+    result = counters.collect(0.0)
+    recorded = RECORDED["readings"][0]
+    assert result["cpu"][1] == {
+        "cpu": 1, **{m: round(recorded["cpu_times_percpu"][1][m], 2) for m in CPU_MODES}
+    }  # fmt: skip
+    assert len(result["cpu"]) == 2
+    nics = recorded["net_io_counters_pernic"]
+    assert [n["device"] for n in result["network"]] == ["lo", "eth0", "ifb0", "ifb1"]
+    assert result["network"][0] == {
+        "device": "lo",
+        "receive_bytes": nics["lo"]["bytes_recv"],
+        "transmit_bytes": nics["lo"]["bytes_sent"],
+        "receive_packets": nics["lo"]["packets_recv"],
+        "transmit_packets": nics["lo"]["packets_sent"],
+    }
+    assert result["network_devices_left_out"] == 0
+
+
+def test_counters_list_a_bounded_and_stable_set_of_interfaces() -> None:
+    reading = json.loads(json.dumps(RECORDED["readings"][0]))
+    nics = reading["net_io_counters_pernic"]
+    ps = FakePsutil([reading])
+    counters = CountersCollector(ps, max_devices=3)
+
+    def listed() -> tuple[list[str], int]:
+        result = counters.collect(0.0)
+        return [n["device"] for n in result["network"]], result["network_devices_left_out"]
+
+    assert listed() == (["lo", "eth0", "ifb0"], 1)  # loopback first, then by name
+    nics["a0"] = dict(nics["eth0"])  # a new interface does not push a listed one out
+    assert listed() == (["lo", "eth0", "ifb0"], 2)
+    del nics["ifb0"]  # a listed one goes: the next by name takes its place
+    assert listed() == (["lo", "a0", "eth0"], 1)
+
+
+def test_counters_without_their_proc_files_fail_in_words(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    with pytest.raises(CollectorError, match="missing does not exist"):
+        CountersCollector(net_dev_path=missing).collect(0.0)
+    with pytest.raises(CollectorError, match="missing does not exist"):
+        CountersCollector(stat_path=missing).collect(0.0)
+
+
+def test_counters_from_proc_agree_with_psutil_and_close_when_paused() -> None:
+    counters = CountersCollector()  # the real psutil: /proc/stat and /proc/net/dev
+    before = psutil.net_io_counters(pernic=True)["lo"].bytes_recv
+    result = counters.collect(0.0)
+    after = psutil.net_io_counters(pernic=True)["lo"].bytes_recv
+    lo = next(n for n in result["network"] if n["device"] == "lo")
+    assert before <= lo["receive_bytes"] <= after
+    assert len(result["cpu"]) == len(psutil.cpu_times(percpu=True))
+    assert result["cpu"][0]["idle"] > 0
+    counters.pause()
+    assert counters.collect(1.0)["cpu"][0]["idle"] >= result["cpu"][0]["idle"]
+    counters.close()
+
+
 # -- processes ------------------------------------------------------------------------
 
 
@@ -521,6 +611,7 @@ def test_jupyter_kernel_usage_from_pids() -> None:
             "last_activity": 1700000000.5,
             "connections": 2,
             "cpu_percent": 12.5,
+            "cpu_seconds_total": 0.0,
             "rss_bytes": 80_000_000,
         },
         {
@@ -532,6 +623,7 @@ def test_jupyter_kernel_usage_from_pids() -> None:
             "last_activity": None,
             "connections": None,
             "cpu_percent": None,
+            "cpu_seconds_total": None,
             "rss_bytes": None,
         },
     ]
@@ -543,16 +635,20 @@ def test_jupyter_kernel_usage_covers_the_process_tree() -> None:
     child = FakeProcess(43, "python", [0.0, 50.0], 1000)
     grandchild = FakeProcess(44, "sleep", [], 10)  # first seen on the second tick
     kernel.descendants = (child,)
+    kernel.cpu_seconds, kernel.reaped_seconds, child.cpu_seconds = 2.0, 0.5, 4.0
     ps.processes = {42: kernel, 43: child}
     counts = JupyterCounts(kernels=(KernelRef("k1", "python3", 42),), terminals=0, sessions=0)
     collector = JupyterCollector(lambda: counts, ps=ps)
     first = collector.collect(0.0)["kernel_usage"][0]
     assert (first["rss_bytes"], first["cpu_percent"]) == (1100, None)
+    assert first["cpu_seconds_total"] == 6.5  # the tree's, its reaped children's too
     kernel.descendants = (child, grandchild)
     ps.processes[44] = grandchild
+    grandchild.cpu_seconds = 0.25
     second = collector.collect(1.0)["kernel_usage"][0]
     assert second["rss_bytes"] == 1110
     assert second["cpu_percent"] == 60.0  # the grandchild's first reading counts as 0
+    assert second["cpu_seconds_total"] == 6.75  # a new process counts in full
     assert collector.kernel_pids == {42: "k1", 43: "k1", 44: "k1"}  # for the gpu group
 
 

@@ -27,7 +27,7 @@ from jupyter_server_ext import fanout
 from jupyter_server_ext.errors import CollectorError
 from jupyter_server_ext.handlers import MAX_UNREAD_REPLY_BYTES
 from sysmon_nb import __version__
-from sysmon_nb.protocol import GROUPS, PROTOCOL_VERSION, Status, decode
+from sysmon_nb.protocol import BY_NAME_ONLY, GROUPS, PROTOCOL_VERSION, Status, decode
 
 from .conftest import TEST_INTERVAL, eventually, recv_json, recv_type
 
@@ -80,7 +80,8 @@ async def test_hello_is_first_and_describes_the_server(connect: Any, sysmon: Any
     assert hello["host"] == sysmon.host
     assert hello["interval"] == TEST_INTERVAL
     assert hello["metrics"] == list(GROUPS)
-    assert hello["subscribed"] == list(GROUPS)
+    # every group but those sent only when named (counters)
+    assert hello["subscribed"] == [g for g in GROUPS if g not in BY_NAME_ONLY]
     assert hello["expires_at"] is None
 
 
@@ -94,7 +95,7 @@ async def test_status_frames_arrive_at_the_interval_with_every_group(connect: An
     assert all(0.5 * TEST_INTERVAL < gap < 6 * TEST_INTERVAL for gap in gaps), gaps
     last = frames[-1]
     assert last["errors"] == {}
-    assert set(last) == HEADER_KEYS | set(GROUPS)
+    assert set(last) == HEADER_KEYS | (set(GROUPS) - set(BY_NAME_ONLY))
     # Values are real readings of this machine, in the units the contract names.
     assert last["memory"]["total_bytes"] > 0
     assert 0 <= last["cpu"]["percent"] <= 100

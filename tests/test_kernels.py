@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -210,3 +212,47 @@ async def test_kernel_tree_memory_includes_its_children(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child_pid, signal.SIGKILL)
         await jp_fetch("api", "sessions", session["id"], method="DELETE")
+
+
+#: A kernel stand-in: runs three children one after the other, each spinning 0.3 s of
+#: CPU then sleeping (alive, its CPU counted) before it exits and is reaped; then says so.
+SPAWNER = (
+    "import pathlib, subprocess, sys, time\n"
+    "child = ('import time\\nt = time.process_time() + 0.3\\n'\n"
+    "         'while time.process_time() < t: pass\\ntime.sleep(0.5)')\n"
+    "for _ in range(3):\n"
+    "    subprocess.run([sys.executable, '-c', child], check=True)\n"
+    "pathlib.Path(sys.argv[1]).write_text('done')\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_a_kernels_cpu_seconds_never_fall_as_its_children_exit(tmp_path: Path) -> None:
+    """``cpu_seconds_total`` of a real process tree, ticked every 0.1 s while children
+    come and go: never lower than before, and at the end at least the children's CPU
+    time (each exited, reaped by the kernel)."""
+    from jupyter_server_ext.collectors import JupyterCollector, JupyterCounts, KernelRef
+
+    done = tmp_path / "done"
+    kernel = subprocess.Popen([sys.executable, "-c", SPAWNER, str(done)])
+    counts = JupyterCounts((KernelRef("k1", "python3", kernel.pid),), 0, 0)
+    collector = JupyterCollector(lambda: counts)
+    values: list[float] = []
+    tree_sizes: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        settled = 0
+        while settled < 3:  # a few ticks after the last child is reaped
+            assert time.monotonic() < deadline, (values[-5:], tree_sizes[-5:])
+            usage = collector.collect(time.monotonic())["kernel_usage"][0]
+            values.append(usage["cpu_seconds_total"])
+            tree_sizes.append(len(collector.kernel_pids))
+            settled += done.exists()
+            time.sleep(0.1)
+    finally:
+        kernel.kill()
+        kernel.wait(10)
+        collector.close()
+    assert max(tree_sizes) == 2 and tree_sizes[-1] == 1  # children were seen, and went
+    assert all(b >= a for a, b in itertools.pairwise(values)), values
+    assert values[-1] >= 3 * 0.3 * 0.95  # every child's spin, each after it exited

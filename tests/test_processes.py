@@ -6,11 +6,16 @@ subscriber gets users from one walk per tick, a Prometheus scrape wants users.""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from jupyter_server_ext.app import SysmonExtension
@@ -26,6 +31,7 @@ from jupyter_server_ext.sampler import Sampler
 from .conftest import eventually, recv_type
 from .other_user import HELD_BYTES
 from .test_collectors import FakeProcess, FakePsutil
+from .test_kernels import SPAWNER
 
 MIB = 2**20
 
@@ -41,6 +47,8 @@ def users_ps() -> FakePsutil:
         4: FakeProcess(4, "jupyter", [0.0, 2.5], 100 * MIB, user="jupyter-ann"),
         5: FakeProcess(5, "odd", [0.0, 1.0], 1 * MIB, user=""),
     }
+    for pid, seconds in {1: 0.5, 2: 7.0, 3: 3.0, 4: 2.0, 5: 0.25}.items():
+        ps.processes[pid].cpu_seconds = seconds
     return ps
 
 
@@ -58,10 +66,34 @@ def test_users_sum_processes_cpu_and_memory_heaviest_first() -> None:
     second = collector.collect(1.0)
     assert second == {
         "users": [
-            {"name": "jupyter-ann", "processes": 2, "cpu_percent": 12.5, "rss_bytes": 600 * MIB},
-            {"name": "jupyter-bob", "processes": 1, "cpu_percent": 150.0, "rss_bytes": 300 * MIB},
-            {"name": "root", "processes": 1, "cpu_percent": 0.5, "rss_bytes": 10 * MIB},
-            {"name": UNKNOWN_USER, "processes": 1, "cpu_percent": 1.0, "rss_bytes": 1 * MIB},
+            {
+                "name": "jupyter-ann",
+                "processes": 2,
+                "cpu_percent": 12.5,
+                "rss_bytes": 600 * MIB,
+                "cpu_seconds_total": 5.0,
+            },
+            {
+                "name": "jupyter-bob",
+                "processes": 1,
+                "cpu_percent": 150.0,
+                "rss_bytes": 300 * MIB,
+                "cpu_seconds_total": 7.0,
+            },
+            {
+                "name": "root",
+                "processes": 1,
+                "cpu_percent": 0.5,
+                "rss_bytes": 10 * MIB,
+                "cpu_seconds_total": 0.5,
+            },
+            {
+                "name": UNKNOWN_USER,
+                "processes": 1,
+                "cpu_percent": 1.0,
+                "rss_bytes": 1 * MIB,
+                "cpu_seconds_total": 0.25,
+            },
         ],
         "count": 4,
         "others": None,
@@ -92,6 +124,7 @@ def test_top_users_bounds_the_list_and_sums_the_rest() -> None:
         "processes": 2,
         "cpu_percent": 1.5,
         "rss_bytes": 11 * MIB,
+        "cpu_seconds_total": 0.75,  # root's and the unknown user's
     }
     only_totals = UsersCollector(top_n=0, ps=users_ps()).collect(0.0)
     assert only_totals["users"] == [] and only_totals["count"] == 4
@@ -100,7 +133,27 @@ def test_top_users_bounds_the_list_and_sums_the_rest() -> None:
         "processes": 5,
         "cpu_percent": None,  # nobody's CPU share is known on a first walk
         "rss_bytes": 911 * MIB,
+        "cpu_seconds_total": 12.75,  # CPU times are known from the first walk
     }
+
+
+def test_others_cpu_seconds_never_fall_as_users_move_in_and_out_of_the_list() -> None:
+    ps = FakePsutil()
+    ann = FakeProcess(1, "a", [], 100 * MIB, user="ann")
+    bob = FakeProcess(2, "b", [], 50 * MIB, user="bob")
+    ann.cpu_seconds, bob.cpu_seconds = 10.0, 20.0
+    ps.processes = {1: ann, 2: bob}
+    users = UsersCollector(top_n=1, ps=ps)
+    first = users.collect(0.0)
+    assert first["users"][0]["name"] == "ann" and first["others"]["cpu_seconds_total"] == 20.0
+    bob.cpu_seconds, bob._rss = 25.0, 200 * MIB  # bob is listed now, ann is not
+    second = users.collect(1.0)
+    assert [u["name"] for u in second["users"]] == ["bob"]
+    assert second["users"][0]["cpu_seconds_total"] == 25.0
+    # bob's 5 s went to his own row; ann used nothing: others stays, never falls
+    assert second["others"]["cpu_seconds_total"] == 20.0
+    ann.cpu_seconds = 12.0
+    assert users.collect(2.0)["others"]["cpu_seconds_total"] == 22.0
 
 
 def test_one_walk_per_tick_feeds_processes_and_users() -> None:
@@ -230,6 +283,42 @@ def test_users_against_this_machine(nobody_process: tuple[str, Any]) -> None:
     assert result["count"] == len(by_name) and result["others"] is None
     rss = [u["rss_bytes"] for u in result["users"]]
     assert rss == sorted(rss, reverse=True)
+
+
+def test_a_users_cpu_seconds_never_fall_as_processes_exit_or_the_walk_pauses(
+    tmp_path: Path,
+) -> None:
+    """This user's ``cpu_seconds_total`` while its processes come and go (three children
+    that spin 0.3 s each and exit), with a pause in the middle: never lower than before,
+    and grown at least by the children's CPU time."""
+    me = psutil.Process().username()
+    done = tmp_path / "done"
+    spawner = subprocess.Popen([sys.executable, "-c", SPAWNER, str(done)])
+    users = UsersCollector(top_n=1000)  # the real psutil: the /proc path
+
+    def seconds() -> float:
+        rows = users.collect(time.monotonic())["users"]
+        return float(next(u["cpu_seconds_total"] for u in rows if u["name"] == me))
+
+    values = [seconds()]
+    try:
+        deadline = time.monotonic() + 90
+        ticks = 0
+        while not done.exists():
+            assert time.monotonic() < deadline, values[-5:]
+            ticks += 1
+            if ticks == 5:
+                users.pause()  # nobody wants the group for a while
+                time.sleep(0.5)
+            values.append(seconds())
+            time.sleep(0.1)
+        values.append(seconds())
+    finally:
+        spawner.kill()
+        spawner.wait(10)
+        users.close()
+    assert all(b >= a for a, b in itertools.pairwise(values)), values
+    assert values[-1] - values[0] >= 3 * 0.3 * 0.95
 
 
 # -- a real server ----------------------------------------------------------------------

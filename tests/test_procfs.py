@@ -53,6 +53,32 @@ def test_process_stat_of_gone_and_zombie_processes() -> None:
         procfs.process_stat(child.pid)
 
 
+def test_a_zombie_keeps_its_cpu_times_and_its_parent_gets_them_when_it_reaps() -> None:
+    """The counters of a kernel's tree rest on this: a zombie's stat still holds its CPU
+    time, and a parent that waits for a child adds the child's to its cutime + cstime."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt = time.process_time() + 0.3\n"
+         "while time.process_time() < t: pass"]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            stat = procfs.parse_stat_fields(procfs.read_bytes(f"/proc/{child.pid}/stat"))
+            if stat.zombie:
+                break
+            assert time.monotonic() < deadline, "child never exited"
+            time.sleep(0.05)
+        assert stat.cpu_ticks >= 0.25 * procfs.CLOCK_TICKS  # it spun 0.3 s
+        assert stat.rss_pages == 0
+        reaped_before = procfs.parse_stat_fields(procfs.read_bytes("/proc/self/stat"))
+    finally:
+        child.wait(10)
+    reaped_after = procfs.parse_stat_fields(procfs.read_bytes("/proc/self/stat"))
+    grown = reaped_after.reaped_ticks - reaped_before.reaped_ticks
+    assert grown >= stat.cpu_ticks - 1  # the kernel's own rounding of utime/stime
+    assert not reaped_after.zombie
+
+
 def test_process_stat_parses_names_with_spaces_and_parentheses(tmp_path: Path) -> None:
     (tmp_path / "77").mkdir()
     fields = ["S"] + ["0"] * 10 + ["250", "150"] + ["0"] * 6 + ["12345", "0", "3"]
@@ -156,6 +182,31 @@ def test_cpu_ticks_match_psutil_and_the_collector_reads_them(tmp_path: Path) -> 
     assert second["count"] == len(real)
     assert 0.0 < second["percent"] <= 100.0
     assert len(second["per_cpu"]) == len(real)
+
+
+def test_cpu_modes_per_core_match_psutil_and_node_exporters_reading(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  100 5 50 800 40 1 2 3 7 0\n"
+        "cpu0 60 5 30 380 20 1 1 2 7 0\n"
+        "cpu2 40 0 20 420\n"  # CPU 1 offline; an old kernel's four columns
+        "intr 12345 0\n"
+    )
+    assert procfs.parse_cpu_modes(stat.read_bytes()) == [
+        (0, (60, 5, 30, 380, 20, 1, 1, 2)),  # guest (7) is inside user already
+        (2, (40, 0, 20, 420, 0, 0, 0, 0)),
+    ]
+    for bad in (b"cpu0 1 2\n", b"cpuX 1 2 3 4\n", b"cpu0 1 x 3 4\n"):
+        with pytest.raises(CollectorError, match="cannot parse"):
+            procfs.parse_cpu_modes(bad)
+    before = psutil.cpu_times(percpu=True)
+    ours = procfs.parse_cpu_modes(procfs.read_bytes("/proc/stat"))
+    after = psutil.cpu_times(percpu=True)
+    assert len(ours) == len(before)
+    for (number, ticks), a, b in zip(ours, before, after):
+        for mode, value in zip(procfs.CPU_MODES, ticks):
+            seconds = value / procfs.CLOCK_TICKS
+            assert getattr(a, mode) - 0.01 <= seconds <= getattr(b, mode) + 0.01, (number, mode)
 
 
 def test_net_counters_match_psutil(tmp_path: Path) -> None:

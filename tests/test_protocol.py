@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sysmon_nb.protocol import (
+    BY_NAME_ONLY,
     GROUPS,
     MAX_QUOTED_CHARS,
     Error,
@@ -193,7 +194,8 @@ def test_server_frame_rejections(text: str) -> None:
 
 
 def test_parse_metrics() -> None:
-    assert parse_metrics("") == GROUPS
+    assert parse_metrics("") == tuple(g for g in GROUPS if g not in BY_NAME_ONLY)
+    assert parse_metrics("counters,cpu") == ("cpu", "counters")  # named: sent
     assert parse_metrics("memory, cpu,memory") == ("cpu", "memory")
     with pytest.raises(ProtocolError, match="bogus"):
         parse_metrics("cpu,bogus")
