@@ -211,7 +211,7 @@ def test_route(jwt_server: JupyterProcess, kernel_id: str, identity: str, route:
 
 def docs_table() -> dict[str, dict[str, str]]:
     """docs/security.md's route table: identity -> route -> outcome."""
-    text = (ROOT / "docs" / "security.md").read_text()
+    text = (ROOT / "docs/security.md").read_text()
     start = text.index("<!-- route-table -->")
     rows = [
         [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
