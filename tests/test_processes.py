@@ -361,15 +361,17 @@ async def test_a_subscriber_gets_users_from_one_walk_per_tick(
 
 
 @pytest.mark.parametrize("sysmon_config", [{"top_users": 1000}], indirect=True)
-async def test_a_scrape_wants_users_but_not_the_process_lists(
+async def test_a_scrape_wants_users_and_the_process_count(
     sysmon: SysmonExtension, jp_fetch: Any, nobody_process: tuple[str, Any]
 ) -> None:
     name, _child = nobody_process
     await eventually(lambda: sysmon.broadcaster.published >= 2, 20)
     assert "users" not in latest_groups(sysmon)
     await jp_fetch("sysmon", "metrics")  # a scrape reads the last sample, wants what it exports
-    await eventually(lambda: "users" in latest_groups(sysmon), 20)
-    assert "processes" not in latest_groups(sysmon)
+    # users for its series, processes for sysmon_processes (one walk feeds both)
+    await eventually(lambda: {"users", "processes"} <= latest_groups(sysmon), 20)
     body = (await jp_fetch("sysmon", "metrics")).body.decode()
     assert f'sysmon_user_memory_rss_bytes{{user="{name}"}}' in body
     assert "sysmon_users " in body
+    assert "sysmon_processes " in body
+    assert "pid=" not in body  # the process lists themselves are never exported
