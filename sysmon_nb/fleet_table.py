@@ -217,8 +217,10 @@ class FleetView(widgets.VBox):
         if server is None or not server.url:
             self.detail.children = ()
             return
-        target = Target(server.url, self.fleet.token, "fleet")
-        self.monitor = Monitor(target).start()
+        # The server's own token, never the fleet's: the server belongs to its user.
+        self.monitor = Monitor(Target(server.url, None, "fleet"))
+        self.fleet.lend(server.key, self.monitor.client)
+        self.monitor.start()
         # The dashboard's own header names the host, which servers may share: say which.
         title = f"{server.user}/{server.name}" if server.name else server.user
         label = widgets.HTML(
