@@ -139,7 +139,9 @@ class MetricsHandler(web.RequestHandler):
 
     async def get(self) -> None:
         hub_auth = self.exporter.hub_auth
-        token = hub_auth.get_token(self, in_cookie=False)
+        # The Authorization header only: never a token from the URL (or a cookie).
+        found = hub_auth.auth_header_pat.match(self.request.headers.get("Authorization", ""))
+        token = found.group(1) if found else None
         model = await hub_auth.user_for_token(token, sync=False) if token else None
         if not model or not hub_auth.check_scopes(hub_auth.access_scopes, model):
             self.set_status(403)
@@ -195,14 +197,26 @@ class HubExporter(Application):
         custom:sysmon:read, and nothing else is needed. Empty: the token's own user.""",
     ).tag(config=True)
 
+    service_name = Unicode(
+        help="""This service's name in the hub's c.JupyterHub.services (default:
+        $JUPYTERHUB_SERVICE_NAME, else sysmon-exporter). Scrapers need a hub token with
+        access:services!service=<name>.""",
+    ).tag(config=True)
+
     service_url = Unicode(
-        help="""Where to listen: the service's URL (default: $JUPYTERHUB_SERVICE_URL, else
-        http://127.0.0.1:9650).""",
+        help="""The service's URL, as the hub's proxy reaches it (default:
+        $JUPYTERHUB_SERVICE_URL, else http://127.0.0.1:9650); the port to listen on.""",
+    ).tag(config=True)
+
+    ip = Unicode(
+        help="""The address to listen on (default: service_url's host; 0.0.0.0 where
+        the proxy reaches the service through a cluster address).""",
     ).tag(config=True)
 
     service_prefix = Unicode(
         help="""The path prefix the hub's proxy routes here (default:
-        $JUPYTERHUB_SERVICE_PREFIX, else /); /metrics is served under it.""",
+        $JUPYTERHUB_SERVICE_PREFIX, else /services/<service_name>/); /metrics is served
+        under it.""",
     ).tag(config=True)
 
     hub_api_url = Unicode(
@@ -238,13 +252,21 @@ class HubExporter(Application):
     def _default_api_token(self) -> str:
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
+    @default("service_name")
+    def _default_service_name(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME") or "sysmon-exporter"
+
     @default("service_url")
     def _default_service_url(self) -> str:
         return os.environ.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:9650"
 
+    @default("ip")
+    def _default_ip(self) -> str:
+        return urlsplit(self.service_url).hostname or "127.0.0.1"
+
     @default("service_prefix")
     def _default_service_prefix(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/"
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{self.service_name}/"
 
     @default("hub_api_url")
     def _default_hub_api_url(self) -> str:
@@ -263,13 +285,10 @@ class HubExporter(Application):
         self.hub_auth = HubAuth(
             api_token=self.api_token,
             api_url=self.hub_api_url,
+            access_scopes={f"access:services!service={self.service_name}"},
             cache_max_age=self.auth_cache_max_age,
             allow_token_in_url=False,
         )
-        if not self.hub_auth.access_scopes:
-            log.critical("sysmon: no access scope to check scrapers against"
-                              " ($JUPYTERHUB_SERVICE_NAME is not set)")  # fmt: skip
-            self.exit(2)
         self.fleet = FleetClient(
             self.hub_url,
             self.api_token,
@@ -296,7 +315,7 @@ class HubExporter(Application):
             [(f"{prefix}metrics", MetricsHandler, {"exporter": self})],
             log_function=_log_request,
         )
-        server = app.listen(where.port or 80, where.hostname or "127.0.0.1")
+        server = app.listen(where.port or 80, self.ip)
         log.info("sysmon: serving %smetrics on %s", prefix, self.service_url)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -295,8 +295,9 @@ def show_fleet(
     """Show a live table of every server of a JupyterHub; returns its :class:`FleetView`.
 
     ``hub_url`` and ``token`` default to ``SYSMON_HUB_URL`` and ``SYSMON_HUB_TOKEN``
-    (an admin's token, or one with ``custom:sysmon:read``, ``list:users`` and
-    ``read:servers``). ``sort``: a column to sort by, heaviest first; ``interval``:
+    (a hub user's token: an admin's, or one with ``custom:sysmon:read``, ``list:users``,
+    ``read:servers`` and ``tokens!user=<its user>``; it goes to the hub only, each server
+    gets a token of its own). ``sort``: a column to sort by, heaviest first; ``interval``:
     seconds between redraws; ``refresh``: seconds between listings of the hub.
     """
     from IPython.display import display

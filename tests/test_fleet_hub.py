@@ -567,9 +567,31 @@ def test_prometheus_scrapes_every_server_through_the_hub_exporter_only(
     for other in (hub.new_token("cat")["token"], hub.new_token("rita", FLEET_SCOPES)["token"]):
         code, body = scrape_exporter(hub, other)
         assert code == 403 and b"access:services!service=sysmon-exporter" in body
+    # a token in the URL is not read (nor logged)
+    assert get(hub, f"services/{EXPORTER}/metrics?token={PROMETHEUS_TOKEN}", "")[0] == 403
     # ...and the Prometheus token opens nothing but the exporter
     assert get(hub, "user/cat/sysmon/api/status", PROMETHEUS_TOKEN)[0] == 403
     assert hub.api("GET", "/users", token=PROMETHEUS_TOKEN)[0] in (403, 404)
+    # stopped by SIGTERM (as the hub stops it), the exporter revokes what it minted (the
+    # hub then starts a new one, which mints its own)
+    minted = tokens_of(hub, "sysmon-metrics")
+    assert minted
+    exporter = exporter_process(hub)
+    exporter.send_signal(signal.SIGTERM)
+    exporter.wait(30)  # not our child: its exit status is the hub's to read
+    assert not minted.keys() & tokens_of(hub, "sysmon-metrics").keys()
+    assert PROMETHEUS_TOKEN not in hub.log_path.read_text(errors="replace")
+
+
+def exporter_process(hub: Hub) -> Any:
+    """The exporter service the hub started (a psutil.Process)."""
+    import psutil
+
+    assert hub.process is not None
+    for child in psutil.Process(hub.process.pid).children(recursive=True):
+        if "jupyter_server_ext.hub_exporter" in " ".join(child.cmdline()):
+            return child
+    raise AssertionError("the hub runs no exporter")
 
 
 FLEET_ROWS = """() => Array.from(document.querySelectorAll('table.sysmon-fleet')).map(

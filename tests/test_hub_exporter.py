@@ -115,16 +115,40 @@ def test_promtool_has_nothing_to_say_about_the_fleets_series() -> None:
     assert promtool_remarks(scrape(fleet)) == []
 
 
-def test_every_trait_has_help_and_the_token_comes_from_the_service_environment(
+def test_every_trait_has_help_and_the_defaults_come_from_the_service_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name, trait in HubExporter.class_own_traits(config=True).items():
         assert trait.help, name
-    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "from-the-hub")
-    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
-    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/services/sysmon-exporter/")
-    monkeypatch.delenv("JUPYTERHUB_API_URL", raising=False)
+    for name in ("JUPYTERHUB_API_URL", "JUPYTERHUB_SERVICE_NAME", "JUPYTERHUB_SERVICE_URL",
+                 "JUPYTERHUB_SERVICE_PREFIX", "JUPYTERHUB_API_TOKEN"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
     app = HubExporter(hub_url="http://proxy-public/")
-    assert (app.api_token, app.service_url) == ("from-the-hub", "http://127.0.0.1:10101")
-    assert app.service_prefix == "/services/sysmon-exporter/"
-    assert app.hub_api_url == "http://proxy-public/hub/api"
+    assert (app.service_name, app.service_prefix) == (
+        "sysmon-exporter",
+        "/services/sysmon-exporter/",
+    )
+    assert (app.service_url, app.ip) == ("http://127.0.0.1:9650", "127.0.0.1")
+    assert app.hub_api_url == "http://proxy-public/hub/api" and app.api_token == ""
+    # what the hub sets for a managed service
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "from-the-hub")
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "metrics")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://10.0.0.5:10101")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/hub-prefix/services/metrics/")
+    app = HubExporter(hub_url="http://proxy-public/", ip="0.0.0.0")
+    assert (app.api_token, app.service_name, app.ip) == ("from-the-hub", "metrics", "0.0.0.0")
+    assert app.service_prefix == "/hub-prefix/services/metrics/"
+    assert app.hub_api_url == "http://127.0.0.1:8081/hub/api"
+
+
+def test_without_a_hub_url_or_a_token_it_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        HubExporter().initialize([])
+    assert exited.value.code == 2 and "--hub-url" in caplog.text
+    with pytest.raises(SystemExit):
+        HubExporter().initialize(["--hub-url=http://proxy-public/"])
+    assert "no hub token" in caplog.text
