@@ -226,6 +226,38 @@ async def test_a_due_token_is_renewed_its_streams_moved_then_the_old_one_revoked
     assert hub.live == {}
 
 
+class Opening(Stream):
+    """A stream whose connection was opening with the old token when told to reconnect:
+    it keeps that token until the connection opens (then it is closed and reopened)."""
+
+    async def reconnect(self) -> None:
+        self.reconnects += 1
+
+
+async def test_the_old_token_is_revoked_only_once_no_stream_still_uses_it() -> None:
+    hub, clock = FakeHub(), Clock()
+    tokens = tokens_for(hub, clock, READ)
+    stream = Opening(tokens, ("ben", ""))
+    await stream.connect()
+    old = stream.credential
+    in_use_at_revoke: list[str | None] = []
+    record = hub.call
+
+    async def call(method: str, path: str, **kw: Any) -> Any:
+        if method == "DELETE":
+            in_use_at_revoke.append(stream.credential)
+        return await record(method, path, **kw)
+
+    hub.call = call
+    rotation = asyncio.ensure_future(tokens.rotate(("ben", ""), [stream]))
+    await asyncio.sleep(0.3)
+    assert not rotation.done() and in_use_at_revoke == []  # still waiting for the stream
+    await stream.connect()  # it opened, was closed, and took the new token
+    assert await asyncio.wait_for(rotation, 5)
+    assert stream.credential != old and in_use_at_revoke == [stream.credential]
+    await tokens.aclose()
+
+
 async def test_close_revokes_tokens_being_replaced_too() -> None:
     hub, clock = FakeHub(), Clock()
     tokens = tokens_for(hub, clock, READ)
