@@ -11,8 +11,10 @@ revoked), keeps each server's newest sample, and serves them all on
 :func:`jupyter_server_ext.metrics.families` (the same series a server exports), every
 sample labelled ``hub_user`` and ``hub_server`` (``user`` would clash with the
 ``sysmon_user_*{user}`` series), plus ``sysmon_hub_server_up{hub_user,hub_server}``
-for each ready server (0 while its newest sample is older than ``stale_after``) and
-``sysmon_hub_listing_up``.
+for each ready server (0 while its newest sample is older than ``stale_after``, or is
+left out: what a server sends is its user's to shape, so a server that sends more than
+``max_series_per_server`` series, or a sample that does not render, is left out rather
+than swamp Prometheus or break the scrape) and ``sysmon_hub_listing_up``.
 
 ``/metrics`` admits a hub token whose scopes hold this service's access scope
 (``access:services!service=<name>``: a Prometheus token with that scope opens this
@@ -48,6 +50,7 @@ from traitlets.config import Application
 
 from sysmon_nb.client import ClientError
 from sysmon_nb.fleet import FleetClient, FleetRefusedError, FleetServer
+from sysmon_nb.protocol import Status
 
 from .metrics import families
 
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 HUB_USER, HUB_SERVER = "hub_user", "hub_server"
 #: The groups the streams leave out: the process lists, which no metric exports.
 EXCLUDED = ("processes",)
+#: Series one server may add to a scrape, by default (a busy server has a few hundred).
+MAX_SERIES = 5000
 #: Seconds between two tries to reach the hub at start-up, at most.
 START_RETRY_MAX = 30.0
 
@@ -78,11 +83,15 @@ class HubCollector:
         fleet: FleetClient,
         stale_after: float = 60.0,
         clock: Callable[[], float] = time.time,
+        max_series: int = MAX_SERIES,
     ) -> None:
         self.fleet = fleet
         self.stale_after = stale_after
+        self.max_series = max_series
         self._clock = clock
         self._clash_logged: set[str] = set()
+        #: Servers whose sample is left out (too many series, or it did not render).
+        self.left_out: set[tuple[str, str]] = set()
 
     def describe(self) -> list[Metric]:
         return []  # registration never collects
@@ -99,10 +108,9 @@ class HubCollector:
             if server.hub_state != "ready":
                 continue
             status = server.latest if self._fresh(server, now) else None
-            up.add_metric([server.user, server.name], 0.0 if status is None else 1.0)
-            if status is None:
-                continue
-            for family in families(status, now):
+            rendered = self._render(server, status, now) if status is not None else None
+            up.add_metric([server.user, server.name], 0.0 if rendered is None else 1.0)
+            for family in rendered or ():
                 into = merged.get(family.name)
                 if into is None:
                     into = Metric(family.name, family.documentation, family.type, family.unit)
@@ -118,6 +126,28 @@ class HubCollector:
         )
         listing.add_metric([], 1.0 if self.fleet.listings and not self.fleet.listing_error else 0.0)
         yield listing
+
+    def _render(self, server: FleetServer, status: Status, now: float) -> list[Metric] | None:
+        """``status``'s families; None (logged once) when a server sends more series
+        than ``max_series`` or a sample that does not render: what a server sends is
+        untrusted, and one server must not swamp Prometheus or break the scrape."""
+        try:
+            rendered = list(families(status, now))
+        except Exception:
+            problem = "its sample did not render"
+            log.debug("sysmon: rendering %s/%s failed", *server.key, exc_info=True)
+        else:
+            count = sum(len(family.samples) for family in rendered)
+            if count <= self.max_series:
+                if server.key in self.left_out:
+                    self.left_out.discard(server.key)
+                    log.info("sysmon: exporting %s/%s again", *server.key)
+                return rendered
+            problem = f"it sends {count} series, over the {self.max_series} allowed"
+        if server.key not in self.left_out:
+            self.left_out.add(server.key)
+            log.warning("sysmon: leaving %s/%s out: %s", server.key[0], server.key[1], problem)
+        return None
 
     def _fresh(self, server: FleetServer, now: float) -> bool:
         arrived = server.received_at
@@ -244,6 +274,12 @@ class HubExporter(Application):
         16, help="Streams opened (and per-server tokens minted) at once, at most."
     ).tag(config=True)
 
+    max_series_per_server = Int(
+        MAX_SERIES,
+        help="""Series one server may add to a scrape; a server that sends more (what a
+        server sends is its user's to shape) is left out, its sysmon_hub_server_up 0.""",
+    ).tag(config=True)
+
     auth_cache_max_age = Int(
         60, help="Seconds the hub's answer about a scraper's token is cached."
     ).tag(config=True)
@@ -300,7 +336,9 @@ class HubExporter(Application):
             keep_latest=True,
         )
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(HubCollector(self.fleet, self.stale_after))
+        self.registry.register(
+            HubCollector(self.fleet, self.stale_after, max_series=self.max_series_per_server)
+        )
 
     def start(self) -> None:
         sys.exit(asyncio.run(self.serve()))

@@ -5,6 +5,7 @@ scraped by a real Prometheus: tests/test_fleet_hub.py."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -108,6 +109,54 @@ def test_stale_and_stopped_servers_are_left_out_and_say_so() -> None:
     assert "sysmon_hub_listing_up 1.0" in text
     fleet.listing_error = "HTTP 502"
     assert "sysmon_hub_listing_up 0.0" in scrape(fleet).decode()
+
+
+def flood(users: int) -> Status:
+    """A sample shaped by a hostile server's user: thousands of made-up unix users."""
+    status = sample(1)
+    rows = [{"name": f"u{i}", "processes": 1, "cpu_percent": 0.0, "rss_bytes": i}
+            for i in range(users)]  # fmt: skip
+    return Status(seq=status.seq, time=status.time, host="node-1", interval=5.0,
+                  groups={**status.groups, "users": {"users": rows, "count": users}})  # fmt: skip
+
+
+def test_a_server_that_floods_or_breaks_the_scrape_is_left_out_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jupyter_server_ext import hub_exporter
+
+    fleet = fleet_with(**{"ben/": ("ready", sample(1), 1.0), "eve/": ("ready", flood(3000), 1.0)})
+    registry = CollectorRegistry(auto_describe=False)
+    collector = HubCollector(fleet, clock=lambda: NOW, max_series=1000)
+    registry.register(collector)
+    caplog.set_level(logging.INFO, logger="jupyter_server_ext.hub_exporter")
+    for _ in range(2):
+        found = series(generate_latest(registry))
+        eves = {n for n, sets in found.items() for ls in sets if ls.get(HUB_USER) == "eve"}
+        assert eves == {"sysmon_hub_server_up"}  # saying it is out, nothing more
+        assert {ls[HUB_USER] for ls in found["sysmon_memory_total_bytes"]} == {"ben"}
+    assert caplog.text.count("leaving eve/ out: it sends") == 1  # once, not per scrape
+    fleet.servers[("eve", "")].latest = sample(2)  # behaves again
+    assert (
+        'sysmon_hub_server_up{hub_server="",hub_user="eve"} 1.0'
+        in generate_latest(registry).decode()
+    )
+    assert "exporting eve/ again" in caplog.text
+    # a sample the renderer cannot take: that server only is left out
+    real = hub_exporter.families
+
+    def fragile(status: Status, now: float) -> Any:
+        if status.seq == 99:
+            raise ValueError("odd sample")
+        return real(status, now)
+
+    monkeypatch.setattr(hub_exporter, "families", fragile)
+    odd = sample(1)
+    fleet.servers[("eve", "")].latest = Status(seq=99, time=odd.time, host="x", interval=5.0,
+                                               groups=odd.groups)  # fmt: skip
+    found = series(generate_latest(registry))
+    assert {ls[HUB_USER] for ls in found["sysmon_memory_total_bytes"]} == {"ben"}
+    assert "leaving eve/ out: its sample did not render" in caplog.text
 
 
 def test_promtool_has_nothing_to_say_about_the_fleets_series() -> None:
