@@ -369,3 +369,36 @@ async def test_each_server_gets_its_own_token_rotated_in_time_and_revoked_at_clo
     stats = sim_stats(simulated_hub)
     assert stats["live_tokens"] == 0 and stats["revoked"] == stats["minted"], stats
     assert "fleet-sim-token" not in repr(fleet) + repr(fleet.tokens)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("simulated_hub", [(3, 0.2)], indirect=True)
+async def test_a_stream_closed_because_its_token_expired_gets_a_fresh_one(
+    simulated_hub: str,
+) -> None:
+    """After a hub outage longer than a token's life, the servers close the streams with
+    4401; each is started again, with a new token, at the next listing."""
+    fleet = FleetClient(simulated_hub, TOKEN, refresh_interval=0.3)
+    task = asyncio.get_running_loop().create_task(fleet.run())
+    try:
+        await eventually(lambda: streaming(fleet, 3), timeout=30)
+        assert fleet.tokens is not None
+        key = ("u0001", "")
+        old = fleet.tokens.current(key)
+        assert old is not None
+        request = urllib.request.Request(
+            f"{simulated_hub}hub/api/users/admin/tokens/{old.id}",
+            method="DELETE",
+            headers={"Authorization": f"token {TOKEN}"},
+        )
+        reply = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        reply.close()  # revoked, as if it had expired
+        await eventually(lambda: sim_stats(simulated_hub)["closed_4401"] == 1, timeout=10)
+        server = fleet.servers[key]
+        count = server.samples
+        await eventually(lambda: server.samples > count and server.error is None, timeout=20)
+        new = fleet.tokens.current(key)
+        assert new is not None and new.id != old.id
+        assert server.client is not None and server.client.state.phase == "connected"
+    finally:
+        await stopped(task)

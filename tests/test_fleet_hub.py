@@ -448,7 +448,7 @@ async def test_a_server_replaced_by_its_user_captures_only_tokens_useless_elsewh
             assert hub.api("GET", "/user", token=token)[0] == 403
 
 
-LIFETIME = 10  # s: each server's token is replaced 5-7.5 s after it was minted
+LIFETIME = 12  # s: each server's token is replaced 6-9 s after it was minted
 
 
 def tokens_of(hub: Hub, user: str) -> dict[str, str]:
@@ -552,11 +552,10 @@ def test_prometheus_scrapes_every_server_through_the_hub_exporter_only(
 
         found = until(labelled, "every ready server's series in Prometheus", timeout=90)
         assert all(k in found for k in ready)
-        up = prometheus.query('up{job="jupyterhub"}')
-        assert [r["value"][1] for r in up] == ["1"]
+        until(lambda: prometheus.query('up{job="jupyterhub"} == 1'), "a scrape that worked")
         cores = prometheus.query('sysmon_cpu_core_usage_ratio{hub_user="ben",hub_server="gpu"}')
         assert cores and all("user" not in r["metric"] for r in cores)
-        assert prometheus.query('sysmon_hub_server_up{hub_user="cat"} == 1')
+        until(lambda: prometheus.query('sysmon_hub_server_up{hub_user="cat"} == 1'), "cat up")
     finally:
         prometheus.stop()
     code, body = scrape_exporter(hub, PROMETHEUS_TOKEN)
