@@ -17,7 +17,10 @@ past the newest seen.
 
 Credentials: a JWT (three base64url parts, the first a JSON header) is sent as
 ``Authorization: Bearer <jwt>``, anything else as ``token <value>`` (Jupyter and
-JupyterHub tokens); ``scheme`` overrides.
+JupyterHub tokens); ``scheme`` overrides. A client whose credential changes (the fleet's
+per-server hub tokens, rotated before they expire) takes a ``token_source`` instead: it
+is awaited before each connection, and :meth:`StatusClient.reconnect` makes the client
+connect again at once with what it returns next.
 
 Two ways to read it::
 
@@ -50,7 +53,7 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -101,7 +104,12 @@ class ClientError(Exception):
 
 
 class RefusedError(ClientError):
-    """The server refused this client; reconnecting would be refused again."""
+    """The server refused this client; reconnecting would be refused again. ``code`` is
+    the HTTP status or the close code of the refusal, when there was one."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,10 @@ class StatusClient:
     connection. ``on_state`` is called with each
     :class:`ConnectionState`. Iterate it with ``async for``; cancel the iterating task
     (or ``aclose()`` the iterator) to stop: the socket is closed on the way out.
+
+    ``token_source``, instead of ``token``, is awaited for the credential before each
+    connection (while ``open_limit`` is held); it raises :class:`RefusedError` to refuse
+    the client for good, and any other exception is retried like a failed connection.
     """
 
     def __init__(
@@ -243,10 +255,21 @@ class StatusClient:
         open_timeout: float = 10.0,
         open_limit: asyncio.Semaphore | None = None,
         compression: str | None = "deflate",
+        token_source: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
+        if token and token_source is not None:
+            raise ClientError("give a token or a token_source, not both")
         self.url = endpoint_url(url)
         self._token = token
+        self._scheme = scheme
         self._headers = {"Authorization": authorization(token, scheme)} if token else {}
+        #: Awaited for the credential before each connection (see the class docstring).
+        self.token_source = token_source
+        #: The token of the connection opening or open now (None between connections).
+        self.credential: str | None = None
+        self._ws: Any = None
+        #: Bumped by :meth:`reconnect`: a connection opened before the bump is closed.
+        self._generation = 0
         self.metrics = tuple(metrics)
         #: Groups never streamed, whatever the server offers (see :meth:`_narrow`).
         self.exclude = frozenset(exclude)
@@ -309,51 +332,90 @@ class StatusClient:
         _check_websockets(websockets.__version__)
         process_exception = _process_exception()
         attempt = 0
-        while True:
-            url = self._url_for_attempt()
-            try:
-                async with self.open_limit or contextlib.nullcontext():
-                    ws = await websockets.connect(
-                        url,
-                        additional_headers=self._headers,
-                        open_timeout=self.open_timeout,
-                        compression=self.compression,
-                        user_agent_header=f"sysmon-nb/{_version()}",
-                    )
-            except Exception as exc:
-                refusal = _refusal(exc)
-                if refusal is not None:
-                    reason = self._explain(*refusal)
-                    self._refuse(reason)
-                    raise RefusedError(reason) from exc
-                if process_exception(exc) is not None and not _is_dropped(exc):
-                    self._set_state(ConnectionState("stopped", str(exc)))
-                    raise ClientError(f"cannot connect to {self.url}: {exc}") from exc
-                attempt = await self._wait(attempt, f"connection failed: {exc}")
-                continue
-
-            async with ws:
+        try:
+            while True:
+                url = self._url_for_attempt()
+                generation = self._generation
                 try:
-                    async for frame in ws:
-                        message = self._accept(frame)
-                        del frame  # nothing of a sample stays alive between frames
-                        if message is None:
-                            continue
-                        if isinstance(message, Hello):
-                            attempt = 0
-                            await self._narrow(ws, message)
-                        yield message
-                        del message
-                except websockets.ConnectionClosed:
-                    pass
-            code, why = ws.close_code, ws.close_reason
-            if code in _REFUSING_CLOSE_CODES:
-                reason = _REFUSING_CLOSE_CODES[code] + (f" ({why})" if why else "")
-                self._refuse(reason)
-                raise RefusedError(reason)
-            attempt = await self._wait(attempt, f"connection closed ({code} {why})".strip())
+                    async with self.open_limit or contextlib.nullcontext():
+                        headers = await self._current_headers()
+                        ws = await websockets.connect(
+                            url,
+                            additional_headers=headers,
+                            open_timeout=self.open_timeout,
+                            compression=self.compression,
+                            user_agent_header=f"sysmon-nb/{_version()}",
+                        )
+                except RefusedError as err:  # from the token source
+                    self._refuse(err.reason)
+                    raise
+                except Exception as exc:
+                    self.credential = None
+                    refusal = _refusal(exc)
+                    if refusal is not None:
+                        reason = self._explain(*refusal)
+                        self._refuse(reason)
+                        raise RefusedError(reason, refusal[0]) from exc
+                    if process_exception(exc) is not None and not _is_dropped(exc):
+                        self._set_state(ConnectionState("stopped", str(exc)))
+                        raise ClientError(f"cannot connect to {self.url}: {exc}") from exc
+                    attempt = await self._wait(attempt, f"connection failed: {exc}")
+                    continue
+
+                self._ws = ws
+                async with ws:
+                    # Not read at all when new credentials came while it was opening.
+                    if generation == self._generation:
+                        try:
+                            async for frame in ws:
+                                message = self._accept(frame)
+                                del frame  # nothing of a sample stays alive between frames
+                                if message is None:
+                                    continue
+                                if isinstance(message, Hello):
+                                    attempt = 0
+                                    await self._narrow(ws, message)
+                                yield message
+                                del message
+                        except websockets.ConnectionClosed:
+                            pass
+                self._ws = self.credential = None
+                if generation != self._generation:
+                    log.debug("sysmon: %s: reconnecting with new credentials", self.url)
+                    continue
+                code, why = ws.close_code, ws.close_reason
+                if code in _REFUSING_CLOSE_CODES:
+                    reason = _REFUSING_CLOSE_CODES[code] + (f" ({why})" if why else "")
+                    self._refuse(reason)
+                    raise RefusedError(reason, code)
+                attempt = await self._wait(attempt, f"connection closed ({code} {why})".strip())
+        finally:
+            self._ws = self.credential = None
+
+    async def reconnect(self) -> None:
+        """Close the connection now open or opening, and open the next one at once, with
+        a fresh credential from ``token_source`` (the samples missed in between are asked
+        for, as after any reconnect). Returns once the old connection is closed."""
+        self._generation += 1
+        ws = self._ws
+        if ws is not None:
+            await ws.close(1000, "new credentials")
 
     # -- internals -------------------------------------------------------------------
+
+    async def _current_headers(self) -> dict[str, str]:
+        """The headers of the next connection: the token source's credential, if any."""
+        if self.token_source is None:
+            self.credential = self._token
+            return self._headers
+        try:
+            token = await self.token_source()
+        except RefusedError:
+            raise
+        except Exception as err:
+            raise ConnectionError(f"no credentials: {err}") from err
+        self.credential = token
+        return {"Authorization": authorization(token, self._scheme)}
 
     async def _narrow(self, ws: Any, hello: Hello) -> None:
         """Subscribe to what the server streams less ``exclude``: a client that wants

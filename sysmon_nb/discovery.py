@@ -136,8 +136,8 @@ def discover_hub(
     if not url or not token:
         raise DiscoveryError(
             "the fleet view needs the hub's public URL and a token that may list its"
-            " servers: set SYSMON_HUB_URL and SYSMON_HUB_TOKEN (an admin's API token, or"
-            " one with custom:sysmon:read, list:users and read:servers), or pass"
-            " hub_url= and token="
+            " servers: set SYSMON_HUB_URL and SYSMON_HUB_TOKEN (a hub admin's API token,"
+            " or a user's with custom:sysmon:read, list:users, read:servers and tokens"
+            " for that user), or pass hub_url= and token="
         )
     return Target(url, token, source)

@@ -217,8 +217,10 @@ class FleetView(widgets.VBox):
         if server is None or not server.url:
             self.detail.children = ()
             return
-        target = Target(server.url, self.fleet.token, "fleet")
-        self.monitor = Monitor(target).start()
+        # The server's own token, never the fleet's: the server belongs to its user.
+        self.monitor = Monitor(Target(server.url, None, "fleet"))
+        self.fleet.lend(server.key, self.monitor.client)
+        self.monitor.start()
         # The dashboard's own header names the host, which servers may share: say which.
         title = f"{server.user}/{server.name}" if server.name else server.user
         label = widgets.HTML(
@@ -294,8 +296,9 @@ def show_fleet(
     """Show a live table of every server of a JupyterHub; returns its :class:`.FleetView`.
 
     ``hub_url`` and ``token`` default to ``SYSMON_HUB_URL`` and ``SYSMON_HUB_TOKEN``
-    (an admin's token, or one with ``custom:sysmon:read``, ``list:users`` and
-    ``read:servers``). ``sort``: a column to sort by, heaviest first; ``interval``:
+    (a hub user's token: an admin's, or one with ``custom:sysmon:read``, ``list:users``,
+    ``read:servers`` and ``tokens!user=<its user>``; it goes to the hub only, each server
+    gets a token of its own). ``sort``: a column to sort by, heaviest first; ``interval``:
     seconds between redraws; ``refresh``: seconds between listings of the hub.
     """
     from IPython.display import display

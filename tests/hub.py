@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -69,7 +70,10 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.custom_scopes = {{
     "custom:sysmon:read": {{"description": "Read system status from sysmon (read-only)"}},
 }}
-c.JupyterHub.services = [{{"name": "tester", "api_token": "{service_token}", "admin": True}}]
+c.JupyterHub.services = [
+    {{"name": "tester", "api_token": "{service_token}", "admin": True}},
+    *{services!r},
+]
 c.JupyterHub.load_roles = [
     {{
         "name": "tester",
@@ -89,6 +93,7 @@ c.Spawner.environment = {{
 c.Spawner.start_timeout = 80
 c.Spawner.http_timeout = 80
 c.JupyterHub.cleanup_servers = True
+{extra}
 """
 
 
@@ -97,7 +102,8 @@ class Hub:
 
     ``users``, ``admins``, ``groups`` ({name: {"users": [...]}}) and ``roles`` (a list
     of role dicts) go into its config; ``sysmon`` is ``c.SysmonExtension`` of every
-    single-user server.
+    single-user server; ``services`` (service dicts, beside the test's own ``tester``)
+    and ``extra`` (lines of jupyterhub_config.py) may be set until :meth:`start`.
     """
 
     def __init__(
@@ -109,6 +115,8 @@ class Hub:
         groups: dict[str, Any] | None = None,
         roles: Iterable[dict[str, Any]] = (),
         sysmon: dict[str, Any] | None = None,
+        services: Iterable[dict[str, Any]] = (),
+        extra: str = "",
     ) -> None:
         self.tmp = tmp
         self.public_port = free_port()
@@ -121,6 +129,9 @@ class Hub:
         self.groups = groups or {}
         self.roles = list(roles)
         self.sysmon = sysmon or {}
+        self.services = list(services)
+        self.extra = extra
+        self._children: list[Any] = []  # psutil.Process of what the hub started
 
     def start(self) -> None:
         (self.tmp / "user-config").mkdir()
@@ -144,6 +155,8 @@ class Hub:
             admins=set(self.admins),
             groups=self.groups,
             roles=self.roles,
+            services=self.services,
+            extra=self.extra,
         )
         (self.tmp / "jupyterhub_config.py").write_text(config)
         with self.log_path.open("wb") as log:
@@ -226,9 +239,17 @@ class Hub:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
+    def server_process(self, user: str, name: str = "") -> tuple[int, int]:
+        """The (pid, port) of a running single-user server (its runtime file)."""
+        _, model = self.api("GET", f"/users/{user}")
+        pid = int(model["servers"][name]["state"]["pid"])
+        info = json.loads((self.tmp / "user-runtime" / f"jpserver-{pid}.json").read_text())
+        return pid, int(info["port"])
+
     def stop(self) -> None:
         process = self.process
         if process is not None and process.poll() is None:
+            self._children = self._descendants(process.pid)
             process.send_signal(signal.SIGTERM)  # cleanup_servers stops the servers
             try:
                 process.wait(60)
@@ -244,6 +265,19 @@ class Hub:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        for child in self._children:  # a service the hub left running (same process only)
+            with contextlib.suppress(Exception):
+                if child.is_running():
+                    child.kill()
+
+    @staticmethod
+    def _descendants(pid: int) -> list[Any]:
+        """The processes the hub started (services too, in their own sessions)."""
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            return list(psutil.Process(pid).children(recursive=True))
+        return []
 
     @staticmethod
     def _pid(path: Path) -> int | None:
@@ -251,3 +285,62 @@ class Hub:
             return int(path.read_text().strip())
         except (OSError, ValueError):
             return None
+
+
+class Listener:
+    """What a user who replaced their server's process could run on its port: a plain
+    socket that records each request's head (request line and headers), answers 503 and
+    hangs up. Runs in a thread until :meth:`close`."""
+
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
+        self.heads: list[str] = []
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + timeout
+        while True:  # the killed server's port is free once the process is gone
+            try:
+                self._sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in head and len(head) < 65536:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        head += chunk
+                    self.heads.append(head.decode(errors="replace"))
+                    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # fmt: skip
+
+    def tokens(self) -> set[str]:
+        """The credentials of every ``Authorization`` header recorded."""
+        found = set()
+        for head in list(self.heads):
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "authorization":
+                    found.add(value.strip().partition(" ")[2])
+        return found
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(10)
+        self._sock.close()

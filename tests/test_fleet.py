@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import subprocess
 import sys
+import time
 import types
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 from benchmarks.fleet_sim import TOKEN
 from benchmarks.widget import counting_comms
 from sysmon_nb import fleet_table
+from sysmon_nb.client import StatusClient
 from sysmon_nb.discovery import DiscoveryError, discover_hub
 from sysmon_nb.fleet import FleetClient, FleetServer, Summary, missing_scopes, summarize
 from sysmon_nb.fleet_table import FleetView, render
@@ -307,3 +311,94 @@ def test_the_fleet_notebook_shows_every_server(simulated_hub: str, tmp_path: Any
     assert outputs_text(nb.cells[-1]).splitlines() == [views, views]
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert errors == []
+
+
+def streaming(fleet: FleetClient, count: int) -> bool:
+    return len(fleet.servers) == count and all(s.samples for s in fleet.servers.values())
+
+
+def sim_stats(hub_url: str) -> dict[str, int]:
+    """What the simulated hub saw (benchmarks/fleet_sim.py: ``GET /sim/stats``)."""
+    with urllib.request.urlopen(f"{hub_url}sim/stats", timeout=10) as reply:
+        stats: dict[str, int] = json.loads(reply.read())
+        return stats
+
+
+LIFETIME = 5  # s: each token is rotated 2.5-3.75 s after it was minted
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("simulated_hub", [(6, 0.2)], indirect=True)
+async def test_each_server_gets_its_own_token_rotated_in_time_and_revoked_at_close(
+    simulated_hub: str,
+) -> None:
+    """The simulated servers admit only a live token minted for them, and close a
+    connection with 4401 once its token has expired or been revoked."""
+    fleet = FleetClient(simulated_hub, TOKEN, refresh_interval=60, token_lifetime=LIFETIME)
+    task = asyncio.get_running_loop().create_task(fleet.run())
+    dashboard = StatusClient(f"{simulated_hub}user/u0001/")
+    samples: list[Status] = []
+
+    async def watch() -> None:
+        async for status in dashboard:
+            samples.append(status)
+
+    started = time.monotonic()
+    try:
+        await eventually(lambda: streaming(fleet, 6), timeout=30)
+        assert fleet.tokens is not None
+        fleet.lend(("u0001", ""), dashboard)  # a dashboard opened on one server
+        watching = asyncio.get_running_loop().create_task(watch())
+        # every token past its expiry: each was replaced in time, or its stream was closed
+        await eventually(lambda: time.monotonic() - started > LIFETIME + 1.5, timeout=30)
+        await eventually(lambda: fleet.tokens is not None and fleet.tokens.rotated >= 6)
+        counts = {key: server.samples for key, server in fleet.servers.items()}
+        await eventually(lambda: all(s.samples > counts[k] for k, s in fleet.servers.items()))
+        assert all(s.client is not None and s.client.state.phase == "connected"
+                   for s in fleet.servers.values())  # fmt: skip
+        assert dashboard.state.phase == "connected" and len(samples) > 0
+        current = fleet.tokens.current(("u0001", ""))
+        assert current is not None and dashboard.credential == current.token
+        stats = sim_stats(simulated_hub)
+        assert stats["closed_4401"] == 0 and stats["refused_at_servers"] == 0, stats
+        assert stats["fleet_token_at_servers"] == 0, stats
+        assert stats["minted"] >= 12  # one per server, then one per rotation
+        watching.cancel()
+    finally:
+        await stopped(task)
+    stats = sim_stats(simulated_hub)
+    assert stats["live_tokens"] == 0 and stats["revoked"] == stats["minted"], stats
+    assert "fleet-sim-token" not in repr(fleet) + repr(fleet.tokens)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("simulated_hub", [(3, 0.2)], indirect=True)
+async def test_a_stream_closed_because_its_token_expired_gets_a_fresh_one(
+    simulated_hub: str,
+) -> None:
+    """After a hub outage longer than a token's life, the servers close the streams with
+    4401; each is started again, with a new token, at the next listing."""
+    fleet = FleetClient(simulated_hub, TOKEN, refresh_interval=0.3)
+    task = asyncio.get_running_loop().create_task(fleet.run())
+    try:
+        await eventually(lambda: streaming(fleet, 3), timeout=30)
+        assert fleet.tokens is not None
+        key = ("u0001", "")
+        old = fleet.tokens.current(key)
+        assert old is not None
+        request = urllib.request.Request(
+            f"{simulated_hub}hub/api/users/admin/tokens/{old.id}",
+            method="DELETE",
+            headers={"Authorization": f"token {TOKEN}"},
+        )
+        reply = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        reply.close()  # revoked, as if it had expired
+        await eventually(lambda: sim_stats(simulated_hub)["closed_4401"] == 1, timeout=10)
+        server = fleet.servers[key]
+        count = server.samples
+        await eventually(lambda: server.samples > count and server.error is None, timeout=20)
+        new = fleet.tokens.current(key)
+        assert new is not None and new.id != old.id
+        assert server.client is not None and server.client.state.phase == "connected"
+    finally:
+        await stopped(task)

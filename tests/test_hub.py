@@ -132,10 +132,10 @@ async def test_jupyterhub_admins_groups_and_revocation(hub: Hub) -> None:
 
 
 def test_prometheus_scrapes_sysmon_metrics_with_a_reader_token(hub: Hub) -> None:
-    """What the README's hub scrape relies on: a ``custom:sysmon:read`` token (here a
-    user's; in production a service's) as Prometheus's bearer credentials reads
-    ``sysmon/metrics``; without one it is 403; and the server's own ``/metrics``, which
-    its owner reads, carries none of sysmon's series."""
+    """A ``custom:sysmon:read`` token as bearer credentials reads ``sysmon/metrics`` (the
+    hub exporter's per-server tokens are such tokens, narrowed to one server); without
+    one it is 403; and the server's own ``/metrics``, which its owner reads, carries none
+    of sysmon's series."""
     token = hub.new_token("monitor")["token"]
     url = f"{hub.url}/user/bob/sysmon/metrics"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
