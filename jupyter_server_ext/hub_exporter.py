@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 HUB_USER, HUB_SERVER = "hub_user", "hub_server"
 #: The groups the streams leave out: the process lists, which no metric exports.
 EXCLUDED = ("processes",)
+#: What the streams add to a server's default offer: the per-CPU and per-interface
+#: counters (``sysmon_cpu_seconds_total``, ``sysmon_network_*_total``).
+INCLUDED = ("counters",)
 #: Series one server may add to a scrape, by default (a busy server has a few hundred).
 MAX_SERIES = 5000
 #: Seconds between two tries to reach the hub at start-up, at most.
@@ -333,6 +336,7 @@ class HubExporter(Application):
             token_lifetime=self.token_lifetime,
             token_owner=self.token_owner or None,
             exclude=EXCLUDED,
+            include=INCLUDED,
             keep_latest=True,
         )
         self.registry = CollectorRegistry(auto_describe=False)

@@ -229,6 +229,7 @@ class StatusClient:
     ``Authorization`` header, as ``Bearer`` when it is a JWT and ``token`` otherwise;
     ``scheme`` (``"token"`` or ``"bearer"``) overrides that guess. ``metrics`` picks
     groups (empty: all) and ``exclude`` drops groups from what the server offers;
+    ``include`` adds groups the server offers but streams only when named (``counters``);
     ``history`` asks for that many past samples on the first connection;
     ``open_limit``, a semaphore shared by many clients, is held while opening a
     connection. ``on_state`` is called with each
@@ -248,6 +249,7 @@ class StatusClient:
         scheme: str | None = None,
         metrics: Iterable[str] = (),
         exclude: Iterable[str] = (),
+        include: Iterable[str] = (),
         history: int = 0,
         max_catch_up: int = MAX_CATCH_UP,
         on_state: Callable[[ConnectionState], None] | None = None,
@@ -273,6 +275,8 @@ class StatusClient:
         self.metrics = tuple(metrics)
         #: Groups never streamed, whatever the server offers (see :meth:`_narrow`).
         self.exclude = frozenset(exclude)
+        #: Groups added to the subscription when the server offers them (see :meth:`_narrow`).
+        self.include = tuple(include)
         self.history = max(0, int(history))
         self.max_catch_up = max(0, int(max_catch_up))
         self.on_state = on_state
@@ -418,13 +422,18 @@ class StatusClient:
         return {"Authorization": authorization(token, self._scheme)}
 
     async def _narrow(self, ws: Any, hello: Hello) -> None:
-        """Subscribe to what the server streams less ``exclude``: a client that wants
-        "everything but the process list" cannot name groups a server may not have, so it
-        takes the server's offer and drops the rest (which lets the server skip the
-        process walk nobody reads)."""
+        """Subscribe to what the server streams less ``exclude``, plus the groups of
+        ``include`` it offers: a client that wants "everything but the process list" cannot
+        name groups a server may not have, so it takes the server's offer and drops the
+        rest (which lets the server skip the process walk nobody reads)."""
         keep = tuple(g for g in hello.subscribed if g not in self.exclude)
-        if keep and len(keep) < len(hello.subscribed):  # an empty list would mean "all"
-            await ws.send(encode(Subscribe(metrics=keep)))
+        extra = tuple(
+            g
+            for g in self.include
+            if g in hello.metrics and g not in hello.subscribed and g not in self.exclude
+        )
+        if keep and (extra or len(keep) < len(hello.subscribed)):  # empty would mean "all"
+            await ws.send(encode(Subscribe(metrics=keep + extra)))
 
     def _url_for_attempt(self) -> str:
         query: dict[str, Any] = {}

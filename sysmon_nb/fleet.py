@@ -160,8 +160,9 @@ class FleetClient:
 
     ``token_lifetime`` (s) is the life of each server's token; ``token_owner`` names
     the hub user the tokens are minted for, when not the token's own (a service's token
-    needs one). ``exclude``: groups the streams leave out; ``keep_latest`` keeps each
-    server's newest sample in :attr:`FleetServer.latest`.
+    needs one). ``exclude``: groups the streams leave out; ``include``: groups sent only
+    when named that the streams take where offered; ``keep_latest`` keeps each
+    server's newest sample in ``FleetServer.latest``.
     """
 
     def __init__(
@@ -177,6 +178,7 @@ class FleetClient:
         token_lifetime: float = TOKEN_LIFETIME,
         token_owner: str | None = None,
         exclude: Iterable[str] = EXCLUDED,
+        include: Iterable[str] = (),
         keep_latest: bool = False,
     ) -> None:
         parts = urlsplit(hub_url)
@@ -195,6 +197,7 @@ class FleetClient:
         self.token_lifetime = token_lifetime
         self.token_owner = token_owner
         self.exclude = tuple(exclude)
+        self.include = tuple(include)
         self.keep_latest = keep_latest
         self._max_opening = max(1, max_opening)
         self._opening = asyncio.Semaphore(self._max_opening)
@@ -359,6 +362,7 @@ class FleetClient:
             token_source=partial(self._token_for, server.key),
             # The row reads no process lists: servers need not walk their processes for it.
             exclude=self.exclude,
+            include=self.include,
             history=1,  # the latest sample at once: the row fills without waiting a tick
             max_catch_up=0,
             open_timeout=self.open_timeout,

@@ -235,6 +235,12 @@ class ServerTokens:
         self._current: dict[ServerKey, ServerToken] = {}
         #: Replaced tokens not revoked yet (by id).
         self._retiring: dict[str, ServerToken] = {}
+        #: Every token minted and not revoked yet (by id): what :meth:`aclose` revokes.
+        self._issued: dict[str, ServerToken] = {}
+        #: Mint calls in flight: a mint whose caller was cancelled still gets its answer,
+        #: so that the token the hub made is known and revoked.
+        self._minting: set[asyncio.Future[ServerToken]] = set()
+        self._closed = False
         self._locks: dict[ServerKey, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Set whenever the next rotation time may have changed.
@@ -260,8 +266,9 @@ class ServerTokens:
         return self._current.get(key)
 
     def held(self) -> list[ServerToken]:
-        """Every token not revoked yet: one per server, and those being replaced."""
-        return [*self._current.values(), *self._retiring.values()]
+        """Every token not revoked yet: one per server, those being replaced, and any
+        whose server was dropped while it was being minted."""
+        return list(self._issued.values())
 
     async def get(self, key: ServerKey, groups: Iterable[str] | None = None) -> ServerToken:
         """``key``'s token, minted now when it has none or its token has expired."""
@@ -379,6 +386,8 @@ class ServerTokens:
         """Revoke ``token`` at the hub; one that is gone already is fine, and a failure is
         logged (the token expires anyway)."""
         self._retiring.pop(token.id, None)
+        if self._issued.pop(token.id, None) is None:
+            return  # revoked already, or being revoked by another call
         path = f"users/{quote(self.owner, safe='')}/tokens/{quote(token.id, safe='')}"
         try:
             async with self._calls:
@@ -390,8 +399,12 @@ class ServerTokens:
         self.revoked += 1
 
     async def aclose(self) -> None:
-        """Revoke every token held (bounded by :data:`CLOSE_TIMEOUT`); idempotent."""
-        held = self.held()
+        """Revoke every token minted, those whose mint was still in flight included
+        (bounded by :data:`CLOSE_TIMEOUT`); no token is minted afterwards. Idempotent."""
+        self._closed = True
+        if self._minting:
+            await asyncio.wait(set(self._minting), timeout=CLOSE_TIMEOUT)
+        held = list(self._issued.values())
         self._current.clear()
         self._retiring.clear()
         pending = [*self._tasks, *(asyncio.ensure_future(self.revoke(t)) for t in held)]
@@ -411,6 +424,16 @@ class ServerTokens:
         return lock
 
     async def _mint(self, key: ServerKey, groups: Iterable[str] | None) -> ServerToken:
+        if self._closed:
+            raise HubError("the fleet is closing: no more tokens", 599)
+        call = asyncio.ensure_future(self._post_token(key, groups))
+        self._minting.add(call)
+        call.add_done_callback(self._minting.discard)
+        call.add_done_callback(_retrieve)
+        # Shielded: cancelling the caller does not lose the hub's answer (the token).
+        return await asyncio.shield(call)
+
+    async def _post_token(self, key: ServerKey, groups: Iterable[str] | None) -> ServerToken:
         scope = self.scope_for(key, groups)
         body = {
             "scopes": [scope],
@@ -439,7 +462,7 @@ class ServerTokens:
             raise HubError("the hub's token answer has no token or id", 502)
         self.minted += 1
         self.changed.set()
-        return ServerToken(
+        token = ServerToken(
             server=key,
             scope=scope,
             id=str(model["id"]),
@@ -448,8 +471,16 @@ class ServerTokens:
             expires_at=started + self.lifetime,
             token=str(model["token"]),
         )
+        self._issued[token.id] = token
+        return token
 
     def _revoke_soon(self, token: ServerToken) -> None:
         task = asyncio.ensure_future(self.revoke(token))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # A mint whose caller went away: its error (if any) is the caller's, not the loop's.
+    if not future.cancelled():
+        future.exception()

@@ -161,6 +161,20 @@ async def test_excluded_groups_are_dropped_from_what_the_server_offers(
     assert "cpu" in after[-1].groups
 
 
+async def test_included_groups_are_added_where_the_server_offers_them(
+    client_for: Callable[..., StatusClient], sysmon: Any
+) -> None:
+    """``include`` adds a group sent only when named (``counters``) after hello, and
+    a group the server does not offer is never asked for."""
+    client = client_for(exclude=("processes", "users"), include=("counters", "no-such"))
+    messages = await take(client.messages(), 10)
+    (subscribed,) = [m for m in messages if isinstance(m, Subscribed)]
+    streamed = set(sysmon.metrics) - set(BY_NAME_ONLY) - {"processes", "users"}
+    assert set(subscribed.metrics) == streamed | {"counters"}
+    after = [m for m in messages[messages.index(subscribed) :] if isinstance(m, Status)]
+    assert any("counters" in s.groups for s in after)
+
+
 async def test_history_comes_first_oldest_first(
     client_for: Callable[..., StatusClient], sysmon: Any
 ) -> None:

@@ -553,7 +553,11 @@ def test_prometheus_scrapes_every_server_through_the_hub_exporter_only(
         found = until(labelled, "every ready server's series in Prometheus", timeout=90)
         assert all(k in found for k in ready)
         until(lambda: prometheus.query('up{job="jupyterhub"} == 1'), "a scrape that worked")
-        cores = prometheus.query('sysmon_cpu_core_usage_ratio{hub_user="ben",hub_server="gpu"}')
+        # the per-CPU counters, which a server streams only when they are named
+        cores = until(
+            lambda: prometheus.query('sysmon_cpu_seconds_total{hub_user="ben",hub_server="gpu"}'),
+            "the per-CPU counters of ben/gpu",
+        )
         assert cores and all("user" not in r["metric"] for r in cores)
         until(lambda: prometheus.query('sysmon_hub_server_up{hub_user="cat"} == 1'), "cat up")
     finally:

@@ -29,6 +29,10 @@ def sample(rss: int) -> Status:
         interval=5.0,
         groups={
             "cpu": {"percent": 25.0, "per_cpu": [20.0, 30.0], "count": 2},
+            "counters": {
+                "cpu": [{"cpu": n, "user": 10.0 * n, "idle": 100.0} for n in range(2)],
+                "network": [],
+            },
             "memory": {"total_bytes": 8 << 30, "available_bytes": 6 << 30},
             "users": {
                 "users": [{"name": "jovyan", "processes": 3, "cpu_percent": 5.0,
@@ -90,7 +94,8 @@ def test_every_sample_is_labelled_with_its_server_and_each_family_named_once() -
         (ls[HUB_USER], ls[HUB_SERVER], ls["user"]) for ls in found["sysmon_user_memory_rss_bytes"]
     }
     assert ("ben", "gpu", "jovyan") in rss and ("cat", "", "(others)") in rss
-    assert len(found["sysmon_cpu_core_usage_ratio"]) == 6  # two cores on each of three
+    # two modes of two cores on each of three servers
+    assert len(found["sysmon_cpu_seconds_total"]) == 12
 
 
 def test_stale_and_stopped_servers_are_left_out_and_say_so() -> None:

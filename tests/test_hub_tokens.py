@@ -270,6 +270,28 @@ async def test_close_revokes_tokens_being_replaced_too() -> None:
     await tokens.aclose()
 
 
+async def test_a_mint_in_flight_when_the_fleet_closes_is_revoked_too() -> None:
+    """The stream that asked is cancelled while the hub is still minting: the hub makes
+    the token all the same, so close waits for its answer and revokes it; and nothing is
+    minted after close."""
+    hub, clock = FakeHub(), Clock()
+    tokens = tokens_for(hub, clock, READ)
+    hub.gate = asyncio.Event()
+    asking = asyncio.ensure_future(tokens.get(("ben", "")))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert hub.in_flight == 1
+    asking.cancel()
+    closing = asyncio.ensure_future(tokens.aclose())
+    await asyncio.sleep(0)
+    hub.gate.set()  # the hub answers after its caller went away
+    await asyncio.wait_for(closing, 5)
+    assert tokens.minted == 1 and hub.live == {} and tokens.held() == []
+    with pytest.raises(HubError):
+        await tokens.get(("cat", ""))
+    assert tokens.minted == 1
+
+
 async def test_hub_calls_are_bounded_however_many_servers_start_at_once() -> None:
     hub, clock = FakeHub(), Clock()
     tokens = tokens_for(hub, clock, READ, max_calls=3)
