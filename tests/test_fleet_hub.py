@@ -90,7 +90,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         roles=ROLES,
         sysmon={
             "interval": 0.5,
-            "metrics": ["cpu", "memory", "disk", "jupyter"],
+            "metrics": ["cpu", "memory", "disk", "jupyter", "counters"],
             "revalidate_interval": REVALIDATE_INTERVAL,
         },
         # A server replaced by its user keeps its route, as a pod whose process was
