@@ -60,6 +60,7 @@ from .protocol import (
     CLOSE_NOT_ADMIN,
     Hello,
     History,
+    LogLimiter,
     ProtocolError,
     ServerMessage,
     Status,
@@ -76,6 +77,9 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 #: Most samples asked for when catching up after a reconnect.
 MAX_CATCH_UP = 720
+#: Frames that break the protocol are logged at most once per this many seconds per
+#: client (with the count of those not logged).
+DROPPED_LOG_SECONDS = 60.0
 #: The oldest websockets this client works with (pyproject.toml's floor).
 MIN_WEBSOCKETS = (14, 2)
 
@@ -271,6 +275,9 @@ class StatusClient:
         self.last_arrival: float | None = None
         #: Frames that did not decode (logged and skipped).
         self.skipped = 0
+        #: Frames dropped since the last good one, and their rate-limited log.
+        self._dropping = 0
+        self._drop_log = LogLimiter(log, DROPPED_LOG_SECONDS)
         #: Samples dropped because they had been seen already (catch-up overlap).
         self.repeats = 0
         #: Successful connections so far (1 after the first hello).
@@ -392,13 +399,29 @@ class StatusClient:
         return reason
 
     def _accept(self, frame: str | bytes) -> ServerMessage | None:
-        """Decode one frame; None for an invalid frame or only samples already seen."""
+        """Decode one frame; None for an invalid frame or only samples already seen.
+
+        A frame that breaks the protocol (a field of the wrong type included: see
+        :mod:`sysmon_nb.schema`) is dropped and the connection goes on. The first one
+        is logged at once, the next ones once per :data:`DROPPED_LOG_SECONDS` with how
+        many were dropped in between, and the first good frame after them says so."""
         try:
             message = decode(frame)
         except ProtocolError as err:
             self.skipped += 1
-            log.warning("sysmon: skipped an invalid frame (%s): %s", err.code, err.message)
+            self._dropping += 1
+            self._drop_log.log(
+                logging.WARNING,
+                "sysmon: dropped a frame from %s that breaks the protocol (%s): %s",
+                self.url,
+                err.code,
+                err.message,
+            )
             return None
+        if self._dropping:
+            log.info("sysmon: %s sends valid frames again (%d dropped)", self.url, self._dropping)
+            self._dropping = 0
+            self._drop_log.reset()
         if isinstance(message, Hello):
             self.hello = message
             self.connections += 1
