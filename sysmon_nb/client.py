@@ -1,7 +1,9 @@
 """StatusClient: the kernel side of ``sysmon/ws``.
 
 It opens the WebSocket with the credentials in the ``Authorization`` header, decodes
-every frame with :mod:`sysmon_nb.protocol`, and reconnects after a dropped connection
+every frame with :mod:`sysmon_nb.protocol` (which checks every field's type: a frame
+that breaks the protocol is dropped and logged, and the connection goes on), and
+reconnects after a dropped connection
 with exponential backoff and full jitter (0.5 s doubling to 30 s). On reconnect it asks
 for the samples it missed (``history=N``, N from the time since the last sample arrived,
 on this kernel's monotonic clock) and drops any it has already seen. It never
