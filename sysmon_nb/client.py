@@ -3,8 +3,8 @@
 It opens the WebSocket with the credentials in the ``Authorization`` header, decodes
 every frame with :mod:`sysmon_nb.protocol` (which checks every field's type: a frame
 that breaks the protocol is dropped and logged, and the connection goes on), and
-reconnects after a dropped connection
-with exponential backoff and full jitter (0.5 s doubling to 30 s). On reconnect it asks
+reconnects after a dropped connection with exponential backoff and full jitter (0.5 s
+doubling to 30 s). On reconnect it asks
 for the samples it missed (``history=N``, N from the time since the last sample arrived,
 on this kernel's monotonic clock) and drops any it has already seen. It never
 reconnects after a refusal: HTTP 403 (or any other 4xx) before the upgrade, or a close
