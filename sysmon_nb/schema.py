@@ -286,25 +286,40 @@ def _value(value: Any, rule: Rule) -> Any:
 def _list(items: list[Any], rule: Rule) -> list[Any]:
     changed: dict[int, Any] | None = None
     kind = rule[0]
-    for index, item in enumerate(items):
-        t = type(item)
-        # Numbers (per-core readings: the longest lists) without a call per item.
-        if t is float:
-            if kind == NUMBER and rule[3] <= item <= rule[4]:
+    if kind == OBJECT:  # rows (processes, kernels, mounts, ...): straight to their fields
+        spec = rule[2]
+        for index, item in enumerate(items):
+            if type(item) is dict:
+                try:
+                    checked = _object(item, spec)
+                except FieldError as err:
+                    raise err.inside(f"[{index}]") from None
+                if checked is not item:
+                    if changed is None:
+                        changed = {}
+                    changed[index] = checked
+            elif item is not None or not rule[1]:
+                raise FieldError(f"[{index}]", rule[5], type_name(item))
+    else:
+        for index, item in enumerate(items):
+            t = type(item)
+            # Numbers (per-core readings: the longest lists) without a call per item.
+            if t is float:
+                if kind == NUMBER and rule[3] <= item <= rule[4]:
+                    continue
+            elif t is int:
+                if kind <= INTEGER and rule[3] <= item <= rule[4]:
+                    continue
+            elif item is None and rule[1]:
                 continue
-        elif t is int:
-            if kind <= INTEGER and rule[3] <= item <= rule[4]:
-                continue
-        elif item is None and rule[1]:
-            continue
-        try:
-            checked = _value(item, rule)
-        except FieldError as err:
-            raise err.inside(f"[{index}]") from None
-        if checked is not item:
-            if changed is None:
-                changed = {}
-            changed[index] = checked
+            try:
+                checked = _value(item, rule)
+            except FieldError as err:
+                raise err.inside(f"[{index}]") from None
+            if checked is not item:
+                if changed is None:
+                    changed = {}
+                changed[index] = checked
     if changed is None:
         return items
     return [changed.get(i, item) for i, item in enumerate(items)]
@@ -337,8 +352,14 @@ def _object(obj: dict[str, Any], spec: Fields) -> dict[str, Any]:
                 continue
         elif t is bool and rule[0] == BOOL:
             continue
+        checked: Any
         try:
-            checked = _value(value, rule)
+            if t is list and rule[0] == LIST and len(value) <= MAX_ITEMS:
+                checked = _list(value, rule[2])
+            elif t is dict and rule[0] == OBJECT:
+                checked = _object(value, rule[2])
+            else:
+                checked = _value(value, rule)
         except FieldError as err:
             raise err.inside(key) from None
         if checked is not value:
