@@ -55,9 +55,16 @@ def escape(value: object) -> Markup:
 
 
 def fmt(template: str, *values: object) -> Markup:
-    """``template`` (our own markup, with ``{}`` fields) filled with ``values``, each
-    escaped unless it is :class:`Markup`. Use ``{{`` and ``}}`` for literal braces."""
-    return Markup(template.format(*(escape(v) for v in values)))
+    """``template`` (our own markup) with each ``{}`` replaced by the next of ``values``,
+    escaped unless it is :class:`Markup`. Other braces (CSS) are kept as they are."""
+    parts = template.split("{}")
+    if len(parts) != len(values) + 1:
+        raise ValueError(f"{len(parts) - 1} fields for {len(values)} values in {template!r}")
+    out = [parts[0]]
+    for value, part in zip(values, parts[1:]):
+        out.append(escape(value))
+        out.append(part)
+    return Markup("".join(out))
 
 
 def join(parts: Iterable[object], sep: str = "") -> Markup:

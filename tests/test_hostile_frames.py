@@ -401,6 +401,9 @@ def test_the_markup_helpers_escape_all_but_markup() -> None:
     assert fmt("<td title='{}'>{}</td>", "a'b", Markup("<i>c</i>")) == (
         "<td title='a&#x27;b'><i>c</i></td>"
     )
+    assert fmt("<style>.a{color:red}</style>{}", "<x>") == "<style>.a{color:red}</style>&lt;x&gt;"
+    with pytest.raises(ValueError, match="2 fields for 1 values"):
+        fmt("{}{}", "x")
     assert Markup("<b>x</b>") + "<y>" == "<b>x</b>&lt;y&gt;"
     assert "<y>" + Markup("<b>x</b>") == "&lt;y&gt;<b>x</b>"
     built = table([("<h>", True)], [["<c>", Markup("<i>ok</i>")]], row_attrs=[" class=h"])
