@@ -417,16 +417,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-
-
 def _load_object(text: str | bytes) -> dict[str, JSON]:
     if isinstance(text, bytes):
         raise ProtocolError(
             ERR_BINARY, "binary frames are not part of the protocol; send JSON text"
         )
     try:
-        obj = _DECODER.decode(text)
+        obj = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise ProtocolError(ERR_BAD_JSON, "frame is not valid JSON") from None
     if not isinstance(obj, dict):
