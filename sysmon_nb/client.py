@@ -254,7 +254,8 @@ class StatusClient:
         self._token = token
         self._headers = {"Authorization": authorization(token, scheme)} if token else {}
         self.metrics = tuple(metrics)
-        #: Groups never streamed, whatever the server offers (see :meth:`_narrow`).
+        #: Groups never streamed, whatever the server offers (see :meth:`_narrow`); a
+        #: server that sends them anyway has them dropped unchecked.
         self.exclude = frozenset(exclude)
         self.history = max(0, int(history))
         self.max_catch_up = max(0, int(max_catch_up))
@@ -408,7 +409,7 @@ class StatusClient:
         is logged at once, the next ones once per :data:`DROPPED_LOG_SECONDS` with how
         many were dropped in between, and the first good frame after them says so."""
         try:
-            message = decode(frame)
+            message = decode(frame, self.exclude)
         except ProtocolError as err:
             self.skipped += 1
             self._dropping += 1

@@ -54,6 +54,11 @@ def escape(value: object) -> Markup:
     return Markup(html.escape(str(value), quote=True))
 
 
+def _cell(value: object) -> str:
+    """:func:`escape` without making a :class:`Markup` of the result (tables' cells)."""
+    return value if isinstance(value, Markup) else html.escape(str(value), quote=True)
+
+
 def fmt(template: str, *values: object) -> Markup:
     """``template`` (our own markup) with each ``{}`` replaced by the next of ``values``,
     escaped unless it is :class:`Markup`. Other braces (CSS) are kept as they are."""
@@ -83,15 +88,20 @@ def table(
     header row); each cell is escaped unless it is :class:`Markup`. ``attrs`` are the
     table's own attributes and ``row_attrs`` each row's (our markup, never data)."""
     heads = "".join(f"<th{' class=n' if right else ''}>{escape(name)}</th>" for name, right in head)
-    aligned = [" class=n" if right else "" for _, right in head]
+    opens = [("<td class=n>" if right else "<td>") for _, right in head]
+    plain = all(o == "<td>" for o in opens)  # the fleet's 500 rows: one join per row
     body = []
     for index, row in enumerate(rows):
-        cells = "".join(
-            f"<td{aligned[i] if i < len(aligned) else ''}>{escape(cell)}</td>"
+        extra = row_attrs[index] if row_attrs is not None else ""
+        if plain:
+            cells = "</td><td>".join(map(_cell, row))
+            body.append(f"<tr{extra}><td>{cells}</td></tr>" if row else f"<tr{extra}></tr>")
+            continue
+        tds = "".join(
+            f"{opens[i] if i < len(opens) else '<td>'}{_cell(cell)}</td>"
             for i, cell in enumerate(row)
         )
-        extra = row_attrs[index] if row_attrs is not None else ""
-        body.append(f"<tr{extra}>{cells}</tr>")
+        body.append(f"<tr{extra}>{tds}</tr>")
     header = f"<thead><tr>{heads}</tr></thead>" if head else ""
     return Markup(f"<table{attrs}>{header}<tbody>{''.join(body)}</tbody></table>")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -237,14 +237,15 @@ class Status:
         return obj
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, JSON]) -> Status:
+    def from_json(cls, obj: Mapping[str, JSON], drop: Collection[str] = ()) -> Status:
         """Parse and check a status object (see :mod:`sysmon_nb.schema`): groups this
-        client does not know, and unknown fields, are dropped; a known field of the wrong
+        client does not know, and unknown fields, are dropped, and so are the groups in
+        ``drop`` (unchecked: the caller does not want them); a known field of the wrong
         type raises :class:`ProtocolError`."""
         try:
             groups: dict[str, Group] = {}
             for key, value in obj.items():
-                if key in _STATUS_HEADER:
+                if key in _STATUS_HEADER or key in drop:
                     continue
                 group = schema.check_group(key, value)
                 if group is not None:
@@ -330,7 +331,7 @@ class History:
         return {"type": self.TYPE, "samples": [s.to_json() for s in self.samples]}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, JSON]) -> History:
+    def from_json(cls, obj: Mapping[str, JSON], drop: Collection[str] = ()) -> History:
         samples = obj.get("samples")
         if (
             type(samples) is not list
@@ -341,7 +342,7 @@ class History:
                 ERR_BAD_FIELD,
                 f"samples must be a list of at most {schema.MAX_ITEMS} status objects",
             )
-        return cls(samples=tuple(Status.from_json(s) for s in samples))
+        return cls(samples=tuple(Status.from_json(s, drop) for s in samples))
 
 
 @dataclass(frozen=True)
@@ -431,13 +432,18 @@ def _load_object(text: str | bytes) -> dict[str, JSON]:
     return obj
 
 
-def decode(text: str | bytes) -> ServerMessage:
-    """Parse a server frame (what a client receives). Raises :class:`ProtocolError`."""
+def decode(text: str | bytes, drop: Collection[str] = ()) -> ServerMessage:
+    """Parse a server frame (what a client receives). Raises :class:`ProtocolError`.
+
+    Groups in ``drop`` (those a client excluded: a server should not send them) are
+    dropped from samples without being checked."""
     obj = _load_object(text)
     kind = obj.get("type")
     cls = _SERVER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(ERR_UNKNOWN_TYPE, f"unknown frame type {quote(repr(kind))}")
+    if cls is Status or cls is History:
+        return cls.from_json(obj, drop)
     result: ServerMessage = cls.from_json(obj)
     return result
 

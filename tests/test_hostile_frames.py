@@ -10,6 +10,7 @@ and watches for a dialog.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -243,6 +244,38 @@ def test_a_bad_sample_in_a_history_drops_the_whole_history() -> None:
     history = {"type": "history", "samples": [hostile_status(1), bad]}
     with pytest.raises(ProtocolError, match=r"processes\.count must be an integer"):
         decode(json.dumps(history))
+
+
+def test_groups_a_client_excluded_are_dropped_unchecked() -> None:
+    """The fleet excludes ``processes`` and ``users``; a server that sends them anyway
+    (junk or not) costs the client no checks, and they never reach it."""
+    frame = replaced(hostile_status(), ("processes", "count"), HOSTILE)
+    with pytest.raises(ProtocolError):
+        decode(json.dumps(frame))
+    status = decode(json.dumps(frame), drop=("processes", "users"))
+    assert isinstance(status, Status) and not {"processes", "users"} & set(status.groups)
+    history = decode(json.dumps({"type": "history", "samples": [frame]}), drop=("processes",))
+    assert isinstance(history, History) and "processes" not in history.samples[0].groups
+
+
+async def test_the_client_drops_the_groups_it_excluded() -> None:
+    frame = replaced(hostile_status(), ("processes", "top_cpu"), HOSTILE)
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.send(json.dumps(hostile_hello()))
+        await ws.send(json.dumps(frame))
+        await ws.wait_closed()
+
+    async with fake_server(handler) as (url, _):
+        client = StatusClient(url, "t", exclude=("processes", "users"))
+        messages = client.messages()
+        try:
+            await asyncio.wait_for(messages.__anext__(), 10)  # hello
+            sample = await asyncio.wait_for(messages.__anext__(), 10)
+        finally:
+            await messages.aclose()
+    assert isinstance(sample, Status) and "processes" not in sample.groups
+    assert client.skipped == 0
 
 
 # -- rendering: no markup survives ----------------------------------------------------
