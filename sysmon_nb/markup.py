@@ -51,12 +51,18 @@ def escape(value: object) -> Markup:
     :class:`Markup` is returned unchanged."""
     if isinstance(value, Markup):
         return value
-    return Markup(html.escape(str(value), quote=True))
+    return Markup(_escaped(value))
+
+
+def _escaped(value: object) -> str:
+    """The one escaping rule: ``& < > " '`` as entities, so text is safe between tags
+    and inside quoted attributes."""
+    return html.escape(str(value), quote=True)
 
 
 def _cell(value: object) -> str:
     """:func:`escape` without making a :class:`Markup` of the result (tables' cells)."""
-    return value if isinstance(value, Markup) else html.escape(str(value), quote=True)
+    return value if isinstance(value, Markup) else _escaped(value)
 
 
 def fmt(template: str, *values: object) -> Markup:
