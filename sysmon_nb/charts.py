@@ -9,7 +9,6 @@ heavy: ``import sysmon_nb`` does not reach this module).
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,17 +17,20 @@ import bqplot
 import ipywidgets as widgets
 import numpy as np
 
+from .markup import byte_unit, fmt, join
+
+__all__ = [
+    "COLORS",
+    "Chart",
+    "byte_unit",
+    "human_bytes",
+    "legend_html",
+    "nice_ceiling",
+    "nice_ticks",
+]
+
 #: Line colours, in the order lines are drawn.
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-_BINARY_UNITS = (("TiB", 1024.0**4), ("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0))
-
-
-def byte_unit(peak: float) -> tuple[str, float]:
-    """The binary unit (and its size in bytes) that shows ``peak`` as a short number."""
-    for name, size in _BINARY_UNITS:
-        if peak >= size:
-            return name, size
-    return "B", 1.0
 
 
 def human_bytes(value: float | None, suffix: str = "") -> str:
@@ -70,21 +72,31 @@ def legend_html(labels: Sequence[str], colors: Sequence[str], faint: str = "") -
     """A legend line under a chart: a colour key per line (and one for the faint lines).
 
     It sits outside the plot, so it never covers a line near the top of the axis (a
-    bqplot legend is always drawn inside the plot area)."""
-    keys = [
-        f"<span style='white-space:nowrap'><span style='color:{color};font-weight:bold'>━</span>"
-        f" {html.escape(label)}</span>"
-        for label, color in zip(labels, colors)
-    ]
-    if faint:
-        keys.append(
-            "<span style='white-space:nowrap'><span style='color:#9ecae1'>━</span>"
-            f" {html.escape(faint)}</span>"
-        )
-    return (
-        "<div style='display:flex;gap:14px;justify-content:center;flex-wrap:wrap;"
-        f"font-size:12px;line-height:16px'>{''.join(keys)}</div>"
+    bqplot legend is always drawn inside the plot area). Labels are escaped; the title,
+    axis labels and line labels inside the figure are SVG text (bqplot sets them with
+    d3's ``.text()``), never parsed as HTML."""
+    key = (
+        "<span style='white-space:nowrap'><span style='color:{};font-weight:bold'>━</span>"
+        " {}</span>"
     )
+    keys = [fmt(key, _color(color), label) for label, color in zip(labels, colors)]
+    if faint:
+        keys.append(fmt(key, "#9ecae1", faint))
+    return fmt(
+        "<div style='display:flex;gap:14px;justify-content:center;flex-wrap:wrap;"
+        "font-size:12px;line-height:16px'>{}</div>",
+        join(keys),
+    )
+
+
+def _color(color: str) -> str:
+    """A ``#rrggbb`` colour as it is; anything else black (it lands in a style)."""
+    ok = (
+        len(color) == 7
+        and color[0] == "#"
+        and all(c in "0123456789abcdefABCDEF" for c in color[1:])
+    )
+    return color if ok else "#000000"
 
 
 class Chart:

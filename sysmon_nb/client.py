@@ -1,8 +1,10 @@
 """StatusClient: the kernel side of ``sysmon/ws``.
 
 It opens the WebSocket with the credentials in the ``Authorization`` header, decodes
-every frame with :mod:`sysmon_nb.protocol`, and reconnects after a dropped connection
-with exponential backoff and full jitter (0.5 s doubling to 30 s). On reconnect it asks
+every frame with :mod:`sysmon_nb.protocol` (which checks every field's type: a frame
+that breaks the protocol is dropped and logged, and the connection goes on), and
+reconnects after a dropped connection with exponential backoff and full jitter (0.5 s
+doubling to 30 s). On reconnect it asks
 for the samples it missed (``history=N``, N from the time since the last sample arrived,
 on this kernel's monotonic clock) and drops any it has already seen. It never
 reconnects after a refusal: HTTP 403 (or any other 4xx) before the upgrade, or a close
@@ -63,6 +65,7 @@ from .protocol import (
     CLOSE_NOT_ADMIN,
     Hello,
     History,
+    LogLimiter,
     ProtocolError,
     ServerMessage,
     Status,
@@ -79,6 +82,12 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 #: Most samples asked for when catching up after a reconnect.
 MAX_CATCH_UP = 720
+#: Largest frame accepted (bytes): a history of 720 samples of a big host (the counters
+#: of 128 CPUs, every kernel) passes websockets' default of 1 MiB.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: Frames that break the protocol are logged at most once per this many seconds per
+#: client (with the count of those not logged).
+DROPPED_LOG_SECONDS = 60.0
 #: The oldest websockets this client works with (pyproject.toml's floor).
 MIN_WEBSOCKETS = (14, 2)
 
@@ -273,7 +282,8 @@ class StatusClient:
         #: Bumped by :meth:`reconnect`: a connection opened before the bump is closed.
         self._generation = 0
         self.metrics = tuple(metrics)
-        #: Groups never streamed, whatever the server offers (see :meth:`_narrow`).
+        #: Groups never streamed, whatever the server offers (see :meth:`_narrow`); a
+        #: server that sends them anyway has them dropped unchecked.
         self.exclude = frozenset(exclude)
         #: Groups added to the subscription when the server offers them (see :meth:`_narrow`).
         self.include = tuple(include)
@@ -298,6 +308,9 @@ class StatusClient:
         self.last_arrival: float | None = None
         #: Frames that did not decode (logged and skipped).
         self.skipped = 0
+        #: Frames dropped since the last good one, and their rate-limited log.
+        self._dropping = 0
+        self._drop_log = LogLimiter(log, DROPPED_LOG_SECONDS)
         #: Samples dropped because they had been seen already (catch-up overlap).
         self.repeats = 0
         #: Successful connections so far (1 after the first hello).
@@ -348,6 +361,7 @@ class StatusClient:
                             additional_headers=headers,
                             open_timeout=self.open_timeout,
                             compression=self.compression,
+                            max_size=MAX_FRAME_BYTES,
                             user_agent_header=f"sysmon-nb/{_version()}",
                         )
                 except RefusedError as err:  # from the token source
@@ -463,13 +477,29 @@ class StatusClient:
         return reason
 
     def _accept(self, frame: str | bytes) -> ServerMessage | None:
-        """Decode one frame; None for an invalid frame or only samples already seen."""
+        """Decode one frame; None for an invalid frame or only samples already seen.
+
+        A frame that breaks the protocol (a field of the wrong type included: see
+        :mod:`sysmon_nb.schema`) is dropped and the connection goes on. The first one
+        is logged at once, the next ones once per :data:`DROPPED_LOG_SECONDS` with how
+        many were dropped in between, and the first good frame after them says so."""
         try:
-            message = decode(frame)
+            message = decode(frame, self.exclude)
         except ProtocolError as err:
             self.skipped += 1
-            log.warning("sysmon: skipped an invalid frame (%s): %s", err.code, err.message)
+            self._dropping += 1
+            self._drop_log.log(
+                logging.WARNING,
+                "sysmon: dropped a frame from %s that breaks the protocol (%s): %s",
+                self.url,
+                err.code,
+                err.message,
+            )
             return None
+        if self._dropping:
+            log.info("sysmon: %s sends valid frames again (%d dropped)", self.url, self._dropping)
+            self._dropping = 0
+            self._drop_log.reset()
         if isinstance(message, Hello):
             self.hello = message
             self.connections += 1

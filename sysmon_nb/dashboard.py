@@ -19,7 +19,6 @@ arrived here, not from its time.
 
 from __future__ import annotations
 
-import html
 import math
 import time
 from collections import deque
@@ -32,8 +31,9 @@ import numpy as np
 
 from .charts import COLORS, Chart, byte_unit, human_bytes, nice_ceiling
 from .client import ConnectionState
+from .markup import WARN_COLOR, Markup, as_text, finite, fmt, join, objects, table
 from .protocol import GROUPS, Hello, History, ServerMessage, Status
-from .tables import WARN_COLOR, Tables
+from .tables import Tables
 
 #: Charts drawn, and the metric groups each needs.
 CHARTS: dict[str, tuple[str, ...]] = {
@@ -85,6 +85,18 @@ def _num(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return math.nan
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+#: The process table's spacing (our CSS, never data).
+_TOP_CSS = Markup(
+    "<style>.sysmon-top{border-collapse:collapse;margin-top:4px;font-size:13px}"
+    ".sysmon-top td,.sysmon-top th{padding:2px 14px 2px 0;text-align:left}"
+    ".sysmon-top .n{text-align:right}.sysmon-top tbody tr{border-top:1px solid #eee}</style>"
+)
 
 
 class SysmonDashboard(widgets.VBox):
@@ -229,21 +241,20 @@ class SysmonDashboard(widgets.VBox):
         arrived = self._arrived_at
         age = human_age(now - arrived) if arrived is not None else "no sample yet"
         parts = [
-            f"<b style='font-size:15px'>sysmon · {html.escape(host)}</b>",
+            fmt("<b style='font-size:15px'>sysmon · {}</b>", host),
             self._state_html(now),
             f"every {interval:g} s" if interval else "",
             f"last sample {age}",
             stale_text(self.samples[-1]) if self.samples else "",
             f"{len(self.samples)} samples in the last {self.window / 60:g} min",
         ]
-        self.header.value = (
+        self.header.value = fmt(
             "<div style='display:flex;gap:18px;align-items:baseline;flex-wrap:wrap;"
-            "padding:4px 2px;border-bottom:1px solid #ddd'>"
-            + "".join(f"<span>{p}</span>" for p in parts if p)
-            + "</div>"
+            "padding:4px 2px;border-bottom:1px solid #ddd'>{}</div>",
+            join(fmt("<span>{}</span>", p) for p in parts if p),
         )
 
-    def _state_html(self, now: float) -> str:
+    def _state_html(self, now: float) -> Markup:
         """The connection state for the header; why it stopped or was refused, in red."""
         state = self.state.describe(now)
         color = {"connected": "#2ca02c", "refused": WARN_COLOR, "stopped": "#7f7f7f"}.get(
@@ -252,25 +263,24 @@ class SysmonDashboard(widgets.VBox):
         if self.state.phase == "stopped" and self.state.reason:
             color = WARN_COLOR
         shown = state if len(state) <= 160 else state[:159] + "…"
-        return (
-            f"<span style='color:{color}' title='{html.escape(state, quote=True)}'>"
-            f"● {html.escape(shown)}</span>"
-        )
+        full = state if len(state) <= 2000 else state[:1999] + "…"
+        return fmt(f"<span style='color:{color}' title='{{}}'>● {{}}</span>", full, shown)
 
     def _draw_cpu(self, chart: Chart, x: np.ndarray, samples: list[Status]) -> None:
         groups = [s.groups.get("cpu", {}) for s in samples]
         total = [_num(g.get("percent")) for g in groups]
-        cores = max((len(g.get("per_cpu") or ()) for g in groups), default=0)
+        per_cpu = [_list(g.get("per_cpu")) for g in groups]
+        cores = max((len(p) for p in per_cpu), default=0)
         per_core = [
-            [_num((list(g.get("per_cpu") or ()) + [None] * cores)[core]) for g in groups]
-            for core in range(cores)
+            [_num(p[core]) if core < len(p) else math.nan for p in per_cpu] for core in range(cores)
         ]
         last = groups[-1]
         title = f"CPU {_pct(last.get('percent'))}"
-        if last.get("count"):
-            title += f" of {last['count']} cores"
-        if last.get("load_1m") is not None:
-            title += f" · load {last['load_1m']:.2f}"
+        count, load = finite(last.get("count")), finite(last.get("load_1m"))
+        if count:
+            title += f" of {count:.0f} cores"
+        if load is not None:
+            title += f" · load {load:.2f}"
         faint_label = f"each of {cores} cores" if cores else ""
         chart.draw(x, [total], ["total"], title, faint=per_core, faint_label=faint_label)
 
@@ -283,10 +293,10 @@ class SysmonDashboard(widgets.VBox):
         limit = [_num(c.get("memory_limit_bytes")) for c in conts]
         last, last_cont = mems[-1], conts[-1]
         node = ""
-        if last.get("used_bytes") is not None:
+        if finite(last.get("used_bytes")) is not None:
             node = (
-                f"{human_bytes(last['used_bytes'])} of {human_bytes(last.get('total_bytes'))}"
-                f" ({_pct(last.get('percent'))})"
+                f"{human_bytes(finite(last.get('used_bytes')))} of"
+                f" {human_bytes(finite(last.get('total_bytes')))} ({_pct(last.get('percent'))})"
             )
         if any(v > 0 for v in limit):
             series = {
@@ -296,8 +306,9 @@ class SysmonDashboard(widgets.VBox):
             colors = ["#1f77b4", WARN_COLOR]
             cap = limit
             title = "Memory (container)"
-            used, lim = last_cont.get("memory_used_bytes"), last_cont.get("memory_limit_bytes")
-            if isinstance(used, (int, float)) and isinstance(lim, (int, float)) and lim > 0:
+            used = finite(last_cont.get("memory_used_bytes"))
+            lim = finite(last_cont.get("memory_limit_bytes"))
+            if used is not None and lim is not None and lim > 0:
                 title += (
                     f" {human_bytes(used)} of {human_bytes(lim)} limit ({_pct(100 * used / lim)})"
                 )
@@ -312,8 +323,9 @@ class SysmonDashboard(widgets.VBox):
             colors = ["#1f77b4", "#ff7f0e", "#7f7f7f"]
             cap = series["total"]
             title = f"Memory {node}" if node else "Memory"
-            if last.get("swap_used_bytes"):
-                title += f" · swap {human_bytes(last['swap_used_bytes'])}"
+            swap = finite(last.get("swap_used_bytes"))
+            if swap:
+                title += f" · swap {human_bytes(swap)}"
         values = np.array(list(series.values()), dtype=float)
         peak = float(np.nanmax(values)) if not np.all(np.isnan(values)) else 0.0
         caps = np.array(cap, dtype=float)
@@ -335,7 +347,7 @@ class SysmonDashboard(widgets.VBox):
         rows = [[v / size for v in vals] for vals in series.values()]
         last = data[-1]
         now = " · ".join(
-            f"{label} {human_bytes(last.get(key), '/s')}" for key, label in names.items()
+            f"{label} {human_bytes(finite(last.get(key)), '/s')}" for key, label in names.items()
         )
         title = f"{group.capitalize()} {now}"
         top = nice_ceiling(peak / size)
@@ -352,8 +364,10 @@ class SysmonDashboard(widgets.VBox):
     def _draw_gpu(self, chart: Chart, x: np.ndarray, samples: list[Status]) -> None:
         devices: dict[int, str] = {}
         for s in samples:
-            for d in s.groups.get("gpu", {}).get("devices") or ():
-                devices.setdefault(int(d.get("index", 0)), str(d.get("name", "GPU")))
+            for d in objects(s.groups.get("gpu", {}).get("devices")):
+                index = d.get("index", 0)
+                if isinstance(index, int) and not isinstance(index, bool):
+                    devices.setdefault(index, as_text(d.get("name"), "GPU"))
         if not devices:
             chart.box.layout.display = "none"
             return
@@ -366,7 +380,7 @@ class SysmonDashboard(widgets.VBox):
             for s in samples:
                 found = [
                     d
-                    for d in s.groups.get("gpu", {}).get("devices") or ()
+                    for d in objects(s.groups.get("gpu", {}).get("devices"))
                     if d.get("index") == index
                 ]
                 dev: dict[str, Any] = found[0] if found else {}
@@ -377,9 +391,9 @@ class SysmonDashboard(widgets.VBox):
             rows += [util, mem]
             labels += [f"GPU{index} util", f"GPU{index} memory"]
         colors = [c for i in range(len(devices)) for c in (COLORS[i % 7], COLORS[(i + 3) % 7])]
-        last = samples[-1].groups.get("gpu", {}).get("devices") or []
+        last = objects(samples[-1].groups.get("gpu", {}).get("devices"))
         title = "GPU " + " · ".join(
-            f"{d.get('index')}: {_pct(d.get('utilization_percent'))}" for d in last
+            f"{as_text(d.get('index'), '?')}: {_pct(d.get('utilization_percent'))}" for d in last
         )
         chart.draw(x, rows, labels, title, colors=colors)
 
@@ -387,47 +401,49 @@ class SysmonDashboard(widgets.VBox):
         group = sample.groups.get("processes")
         if not group:
             return
-        rows = group.get("top_cpu") or []
-        cells = "".join(
-            "<tr style='border-top:1px solid #eee'>"
-            f"<td>{int(p.get('pid', 0))}</td>"
-            f"<td>{html.escape(str(p.get('name', '')))}</td>"
-            f"<td>{html.escape(str(p.get('user') or ''))}</td>"
-            f"<td style='text-align:right'>{_pct(p.get('cpu_percent'))}</td>"
-            f"<td style='text-align:right'>{human_bytes(p.get('rss_bytes'))}</td>"
-            "</tr>"
-            for p in rows
-        )
-        self.processes.value = (
-            f"<div style='margin-top:6px'><b>Top processes by CPU</b>"
-            f" ({group.get('count', '?')} processes)"
-            "<style>.sysmon-top td, .sysmon-top th {padding: 2px 14px 2px 0}</style>"
-            "<table style='border-collapse:collapse;margin-top:4px;font-size:13px' "
-            "class='sysmon-top'>"
-            "<thead><tr><th style='text-align:left'>pid</th><th style='text-align:left'>name"
-            "</th><th style='text-align:left'>user</th><th style='text-align:right'>CPU</th>"
-            "<th style='text-align:right'>memory (RSS)</th></tr></thead>"
-            f"<tbody>{cells}</tbody></table></div>"
+        rows = objects(group.get("top_cpu"))
+        body = table(
+            [("pid", False), ("name", False), ("user", False), ("CPU", True),
+             ("memory (RSS)", True)],
+            [
+                [as_text(p.get("pid")), as_text(p.get("name")), as_text(p.get("user")),
+                 _pct(p.get("cpu_percent")), human_bytes(finite(p.get("rss_bytes")))]
+                for p in rows
+            ],
+            attrs=" class='sysmon-top'",
+        )  # fmt: skip
+        count = finite(group.get("count"))
+        self.processes.value = fmt(
+            "<div style='margin-top:6px'><b>Top processes by CPU</b> ({} processes){}{}</div>",
+            "?" if count is None else f"{count:.0f}",
+            _TOP_CSS,
+            body,
         )
 
     def _warnings_html(self, sample: Status | None) -> str:
         found = warnings_for(sample) if sample is not None else []
         if not found:
             return ""
-        items = " · ".join(html.escape(w) for w in found)
-        return f"<div style='color:{WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {items}</div>"
+        return fmt(
+            f"<div style='color:{WARN_COLOR};font-weight:bold;padding:4px 2px'>⚠ {{}}</div>",
+            " · ".join(found),
+        )
 
 
 def stale_text(sample: Status) -> str:
     """The header's note on stale data: ``"stale: disk (14 s)"`` for each group whose
     collector missed its deadline, and the mounts whose filesystem calls are stuck;
     empty when all is fresh."""
-    parts = [f"{group} ({seconds:.0f} s)" for group, seconds in sorted(sample.stale.items())]
-    mounts = sample.groups.get("disk", {}).get("mounts") or ()
-    parts += [f"mount {m.get('path')} stuck" for m in mounts if m.get("stuck")]
+    parts = [
+        f"{group} ({finite(seconds) or 0:.0f} s)" for group, seconds in sorted(sample.stale.items())
+    ]
+    mounts = objects(sample.groups.get("disk", {}).get("mounts"))
+    parts += [
+        f"mount {as_text(m.get('path'), '?')} stuck" for m in mounts if m.get("stuck") is True
+    ]
     if not parts:
         return ""
-    return f"<span style='color:{WARN_COLOR}'>stale: {html.escape(', '.join(parts))}</span>"
+    return fmt(f"<span style='color:{WARN_COLOR}'>stale: {{}}</span>", ", ".join(parts))
 
 
 def clock_step(previous: Status, sample: Status, *, same_server: bool = True) -> float:
@@ -454,27 +470,31 @@ def warnings_for(sample: Status) -> list[str]:
     g = sample.groups
 
     def check(label: str, value: Any) -> None:
-        if isinstance(value, (int, float)) and value >= WARN_PERCENT:
-            found.append(f"{label} at {value:.0f} %")
+        number = finite(value)
+        if number is not None and number >= WARN_PERCENT:
+            found.append(f"{label} at {number:.0f} %")
 
     check("CPU", g.get("cpu", {}).get("percent"))
     check("memory", g.get("memory", {}).get("percent"))
     check("swap", g.get("memory", {}).get("swap_percent"))
-    for mount in g.get("disk", {}).get("mounts") or ():
-        check(f"disk {mount.get('path')}", mount.get("percent"))
+    for mount in objects(g.get("disk", {}).get("mounts")):
+        check(f"disk {as_text(mount.get('path'), '?')}", mount.get("percent"))
     container = g.get("container", {})
-    limit, used = container.get("memory_limit_bytes"), container.get("memory_used_bytes")
-    if isinstance(limit, (int, float)) and limit > 0 and isinstance(used, (int, float)):
+    limit, used = (
+        finite(container.get("memory_limit_bytes")),
+        finite(container.get("memory_used_bytes")),
+    )
+    if limit is not None and limit > 0 and used is not None:
         check("container memory (of its limit)", 100.0 * used / limit)
-    for dev in g.get("gpu", {}).get("devices") or ():
-        check(f"GPU{dev.get('index')} utilisation", dev.get("utilization_percent"))
-        used, total = dev.get("memory_used_bytes"), dev.get("memory_total_bytes")
-        if isinstance(used, (int, float)) and isinstance(total, (int, float)) and total > 0:
-            check(f"GPU{dev.get('index')} memory", 100.0 * used / total)
+    for dev in objects(g.get("gpu", {}).get("devices")):
+        index = as_text(dev.get("index"), "?")
+        check(f"GPU{index} utilisation", dev.get("utilization_percent"))
+        used, total = finite(dev.get("memory_used_bytes")), finite(dev.get("memory_total_bytes"))
+        if used is not None and total is not None and total > 0:
+            check(f"GPU{index} memory", 100.0 * used / total)
     return found
 
 
 def _pct(value: Any) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:.0f} %"
-    return "-"
+    number = finite(value)
+    return "-" if number is None else f"{number:.0f} %"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ import ipywidgets as widgets
 
 from .client import ClientError, RefusedError
 from .fleet import REFRESH_INTERVAL, FleetClient, FleetServer, ServerKey
+from .markup import Markup, fmt, table
 
 #: Seconds between two redraws of the table (the extension's default interval).
 INTERVAL = 5.0
@@ -36,7 +36,7 @@ HOT_PERCENT = 90.0
 #: Fleet views started in this kernel and not stopped yet (``%sysmon stop`` stops them).
 running_fleets: list[FleetView] = []
 
-_STYLE = (
+_STYLE = Markup(
     "<style>.sysmon-fleet{border-collapse:collapse;font:12px monospace}"
     ".sysmon-fleet td,.sysmon-fleet th{padding:1px 6px;text-align:right}"
     ".sysmon-fleet td:nth-child(-n+3),.sysmon-fleet th:nth-child(-n+3){text-align:left}"
@@ -98,16 +98,19 @@ def sorted_servers(servers: list[FleetServer], sort: str) -> list[FleetServer]:
 
 
 def render(servers: list[FleetServer], sort: str, now: float | None = None) -> str:
-    """The table's HTML: short rows, no attribute quotes, so 500 rows stay small."""
+    """The table's HTML: short rows, no attribute quotes, so 500 rows stay small. User
+    and server names come from the hub and states from the servers: every cell is
+    escaped (:func:`~sysmon_nb.markup.table`)."""
     now = time.time() if now is None else now
     show_home = any(s.summary and s.summary.home_percent is not None for s in servers)
     show_alerts = any(s.summary and s.summary.alerts for s in servers)
     shown = [c for c in COLUMNS if (c != "home %" or show_home) and (c != "alerts" or show_alerts)]
-    rows = ["<table class=sysmon-fleet><tr>", *(f"<th>{c}</th>" for c in shown), "</tr>"]
+    rows: list[list[str]] = []
+    row_attrs: list[str] = []
     for server in sorted_servers(servers, sort):
         summary = server.summary
         live = summary is not None and server.hub_state == "ready"
-        cells = [html.escape(server.user), html.escape(server.name), html.escape(server.state())]
+        cells = [server.user, server.name, server.state()]
         if live and summary is not None:
             cells += [
                 _pct(summary.cpu_percent),
@@ -118,15 +121,17 @@ def render(servers: list[FleetServer], sort: str, now: float | None = None) -> s
                 cells.append(_pct(summary.home_percent))
             cells.append("" if summary.kernels is None else str(summary.kernels))
             if show_alerts:
-                cells.append(html.escape(",".join(summary.alerts)))
+                cells.append(",".join(summary.alerts))
             cells.append(_age(server.age_s(now)))
             css = " class=h" if summary.heaviest() >= HOT_PERCENT or summary.alerts else ""
         else:
             cells += [""] * (len(shown) - 3)
             css = " class=d"
-        rows.append(f"<tr{css}><td>" + "</td><td>".join(cells) + "</td></tr>")
-    rows.append("</table>")
-    return "".join(rows)
+        rows.append(cells)
+        row_attrs.append(css)
+    return table(
+        [(c, False) for c in shown], rows, attrs=" class=sysmon-fleet", row_attrs=row_attrs
+    )
 
 
 class FleetView(widgets.VBox):
@@ -139,10 +144,10 @@ class FleetView(widgets.VBox):
             raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
         self.fleet = fleet
         self.interval = interval
-        self.header = widgets.HTML(value=f"<b>sysmon fleet</b> {html.escape(fleet.hub_url)}")
+        self.header = widgets.HTML(value=fmt("<b>sysmon fleet</b> {}", fleet.hub_url))
         self.sort = widgets.Dropdown(options=list(SORT_KEYS), value=sort, description="sort by")
         self.pick = widgets.Dropdown(options=[("-", None)], value=None, description="dashboard")
-        self.table = widgets.HTML(value=_STYLE + "<p>listing the hub's servers…</p>")
+        self.table = widgets.HTML(value=_STYLE + Markup("<p>listing the hub's servers…</p>"))
         self.detail = widgets.VBox()
         self.monitor: Any = None
         self.task: asyncio.Task[None] | None = None
@@ -187,11 +192,10 @@ class FleetView(widgets.VBox):
                     value = self.pick.value if self.pick.value in keys else None
                     self.pick.options = options
                     self.pick.value = value
-            self.header.value = (
-                f"<b>sysmon fleet</b> {html.escape(self.fleet.hub_url)}:"
-                f" {html.escape(self.describe())}"
+            self.header.value = fmt(
+                "<b>sysmon fleet</b> {}: {}", self.fleet.hub_url, self.describe()
             )
-            self.table.value = _STYLE + render(servers, self.sort.value, now)
+            self.table.value = _STYLE + Markup(render(servers, self.sort.value, now))
 
     def _next_redraw_s(self) -> float:
         servers = self.fleet.servers.values()
@@ -223,9 +227,7 @@ class FleetView(widgets.VBox):
         self.monitor.start()
         # The dashboard's own header names the host, which servers may share: say which.
         title = f"{server.user}/{server.name}" if server.name else server.user
-        label = widgets.HTML(
-            value=f"<b>dashboard of {html.escape(title)}</b> {html.escape(server.url)}"
-        )
+        label = widgets.HTML(value=fmt("<b>dashboard of {}</b> {}", title, server.url))
         self.detail.children = (label, self.monitor.dashboard)
 
     def start(self) -> FleetView:

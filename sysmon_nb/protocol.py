@@ -1,7 +1,13 @@
 """The sysmon wire contract, protocol 1: message types and pure encode/decode.
 
 Both halves import this module: the server extension to build frames, the kernel-side
-client to read them. It does no I/O and imports nothing beyond the standard library.
+client to read them. It does no I/O and imports nothing beyond the standard library
+(and :mod:`sysmon_nb.schema`, the fields of the contract).
+
+What a server sends is untrusted: :func:`decode` checks the type of every field this
+client knows (:mod:`sysmon_nb.schema`), refuses NaN and infinities, bounds strings and
+lists, and drops the fields and groups it does not know, so that only checked data
+reaches a renderer. :class:`LogLimiter` is the one rate-limited logger of both halves.
 
 Server -> client frames are :class:`Hello`, :class:`History`, :class:`Status`,
 :class:`Subscribed` and :class:`Error`; the one client -> server message is
@@ -16,10 +22,13 @@ Errors::
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from . import schema
 
 #: The protocol version a server announces in its ``hello``.
 PROTOCOL_VERSION = 1
@@ -48,6 +57,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 
 #: At most this many characters of a peer's input are quoted back in an error message.
 MAX_QUOTED_CHARS = 100
+#: At most this many characters of any one argument reach a log line (:class:`LogLimiter`).
+MAX_LOGGED_CHARS = 200
 
 # Close codes used by the server.
 CLOSE_GOING_AWAY = 1001
@@ -69,7 +80,9 @@ ERR_UNKNOWN_METRIC = "unknown_metric"
 JSON = Any
 Group = dict[str, JSON]
 
-_STATUS_HEADER = ("type", "seq", "time", "host", "interval", "errors", "stale", "skipped_ticks")
+_STATUS_HEADER = frozenset(
+    ("type", "seq", "time", "host", "interval", "errors", "stale", "skipped_ticks")
+)
 
 
 class ProtocolError(ValueError):
@@ -88,6 +101,54 @@ def quote(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
     """``text`` (a peer's input, already repr'd or joined) cut to ``limit`` characters,
     marked with an ellipsis when cut: an error never echoes a large input back."""
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+class LogLimiter:
+    """The one way to log a fault that may repeat (a peer's bad input, above all): the
+    first line goes out at once, those in the next ``every`` seconds are only counted,
+    and the count rides on the next line that goes out. Every string argument is cut to
+    :data:`MAX_LOGGED_CHARS`, its control characters shown as ``?``: a peer never
+    floods the log or forges lines in it. :meth:`reset` when the fault is over (after
+    logging that it is): the next one is logged at once.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.every = every
+        self.clock = clock
+        #: Lines counted, not logged, since the last one that was.
+        self.held = 0
+        self._logged_at: float | None = None
+
+    def log(self, level: int, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless a line went out less than ``every`` s ago; True if
+        it was logged."""
+        now = self.clock()
+        if self._logged_at is not None and now - self._logged_at < self.every:
+            self.held += 1
+            return False
+        held, self.held, self._logged_at = self.held, 0, now
+        cut = tuple(_loggable(a) if isinstance(a, str) else a for a in args)
+        if held:
+            msg = f"{msg} (and {held} more since the last such line)"
+        self.logger.log(level, msg, *cut, stacklevel=2)
+        return True
+
+    def reset(self) -> None:
+        """Forget the lines held and when the last went out."""
+        self.held = 0
+        self._logged_at = None
+
+
+def _loggable(text: str) -> str:
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text[: MAX_LOGGED_CHARS * 2])
+    return quote(text, MAX_LOGGED_CHARS)
 
 
 def dumps(obj: JSON) -> str:
@@ -183,41 +244,38 @@ class Status:
         return obj
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, JSON]) -> Status:
-        seq = _field(obj, "seq", int)
-        time = _number(obj, "time")
-        host = _field(obj, "host", str)
-        interval = _number(obj, "interval")
-        errors = obj.get("errors", {})
-        if not isinstance(errors, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in errors.items()
-        ):
-            raise ProtocolError(ERR_BAD_FIELD, "errors must map group names to strings")
-        stale = obj.get("stale", {})
-        if not isinstance(stale, dict) or not all(
-            isinstance(k, str) and _is_number(v) for k, v in stale.items()
-        ):
-            raise ProtocolError(ERR_BAD_FIELD, "stale must map group names to seconds")
-        skipped = obj.get("skipped_ticks", 0)
-        if not isinstance(skipped, int) or isinstance(skipped, bool) or skipped < 0:
-            raise ProtocolError(ERR_BAD_FIELD, "'skipped_ticks' must be a non-negative int")
-        groups: dict[str, Group] = {}
-        for key, value in obj.items():
-            if key in _STATUS_HEADER:
-                continue
-            if not isinstance(value, dict):
-                raise ProtocolError(ERR_BAD_FIELD, f"group {quote(repr(key))} must be an object")
-            groups[key] = value
-        return cls(
-            seq=seq,
-            time=time,
-            host=host,
-            interval=interval,
-            groups=groups,
-            errors=errors,
-            stale={k: float(v) for k, v in stale.items()},
-            skipped_ticks=skipped,
-        )
+    def from_json(cls, obj: Mapping[str, JSON], drop: Collection[str] = ()) -> Status:
+        """Parse and check a status object (see :mod:`sysmon_nb.schema`): groups this
+        client does not know, and unknown fields, are dropped, and so are the groups in
+        ``drop`` (unchecked: the caller does not want them); a known field of the wrong
+        type raises :class:`ProtocolError`."""
+        try:
+            groups: dict[str, Group] = {}
+            for key, value in obj.items():
+                if key in _STATUS_HEADER or key in drop:
+                    continue
+                group = schema.check_group(key, value)
+                if group is not None:
+                    groups[key] = group
+            return cls(
+                seq=schema.check("seq", obj.get("seq"), schema.SEQ),
+                time=float(schema.check("time", obj.get("time"), schema.TIME)),
+                host=schema.check("host", obj.get("host"), schema.NAME),
+                interval=float(schema.check("interval", obj.get("interval"), schema.INTERVAL)),
+                groups=groups,
+                errors=schema.check_map("errors", obj.get("errors", {}), schema.NAME),
+                stale={
+                    k: float(v)
+                    for k, v in schema.check_map(
+                        "stale", obj.get("stale", {}), schema.SECONDS
+                    ).items()
+                },
+                skipped_ticks=schema.check(
+                    "skipped_ticks", obj.get("skipped_ticks", 0), schema.SEQ
+                ),
+            )
+        except schema.FieldError as err:
+            raise ProtocolError(ERR_BAD_FIELD, f"status: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -252,22 +310,20 @@ class Hello:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, JSON]) -> Hello:
-        expires_at = obj.get("expires_at")
-        if expires_at is not None:
-            expires_at = _number(obj, "expires_at")
-        server_id = obj.get("server_id")
-        if server_id is not None and not isinstance(server_id, str):
-            raise ProtocolError(ERR_BAD_FIELD, "'server_id' must be a string")
-        return cls(
-            protocol=_field(obj, "protocol", int),
-            server=_field(obj, "server", str),
-            host=_field(obj, "host", str),
-            interval=_number(obj, "interval"),
-            metrics=_names(obj, "metrics"),
-            subscribed=_names(obj, "subscribed"),
-            expires_at=expires_at,
-            server_id=server_id,
-        )
+        try:
+            expires_at = schema.check("expires_at", obj.get("expires_at"), schema.EXPIRES)
+            return cls(
+                protocol=schema.check("protocol", obj.get("protocol"), schema.COUNT),
+                server=schema.check("server", obj.get("server"), schema.NAME),
+                host=schema.check("host", obj.get("host"), schema.NAME),
+                interval=float(schema.check("interval", obj.get("interval"), schema.INTERVAL)),
+                metrics=tuple(schema.check("metrics", obj.get("metrics"), schema.NAMES)),
+                subscribed=tuple(schema.check("subscribed", obj.get("subscribed"), schema.NAMES)),
+                expires_at=None if expires_at is None else float(expires_at),
+                server_id=schema.check("server_id", obj.get("server_id"), schema.OPTIONAL_NAME),
+            )
+        except schema.FieldError as err:
+            raise ProtocolError(ERR_BAD_FIELD, f"hello: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -282,11 +338,18 @@ class History:
         return {"type": self.TYPE, "samples": [s.to_json() for s in self.samples]}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, JSON]) -> History:
+    def from_json(cls, obj: Mapping[str, JSON], drop: Collection[str] = ()) -> History:
         samples = obj.get("samples")
-        if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
-            raise ProtocolError(ERR_BAD_FIELD, "samples must be a list of status objects")
-        return cls(samples=tuple(Status.from_json(s) for s in samples))
+        if (
+            type(samples) is not list
+            or len(samples) > schema.MAX_ITEMS
+            or not all(type(s) is dict for s in samples)
+        ):
+            raise ProtocolError(
+                ERR_BAD_FIELD,
+                f"samples must be a list of at most {schema.MAX_ITEMS} status objects",
+            )
+        return cls(samples=tuple(Status.from_json(s, drop) for s in samples))
 
 
 @dataclass(frozen=True)
@@ -302,7 +365,10 @@ class Subscribed:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, JSON]) -> Subscribed:
-        return cls(metrics=_names(obj, "metrics"))
+        try:
+            return cls(metrics=tuple(schema.check("metrics", obj.get("metrics"), schema.NAMES)))
+        except schema.FieldError as err:
+            raise ProtocolError(ERR_BAD_FIELD, f"subscribed: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -319,7 +385,13 @@ class Error:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, JSON]) -> Error:
-        return cls(code=_field(obj, "code", str), message=_field(obj, "message", str))
+        try:
+            return cls(
+                code=schema.check("code", obj.get("code"), schema.NAME),
+                message=schema.check("message", obj.get("message"), schema.NAME),
+            )
+        except schema.FieldError as err:
+            raise ProtocolError(ERR_BAD_FIELD, f"error: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -347,13 +419,19 @@ def encode(message: Message) -> str:
     return dumps(message.to_json())
 
 
+def _refuse_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON, though Python's parser takes
+    them: a frame holding one is refused, wherever it is."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def _load_object(text: str | bytes) -> dict[str, JSON]:
     if isinstance(text, bytes):
         raise ProtocolError(
             ERR_BINARY, "binary frames are not part of the protocol; send JSON text"
         )
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise ProtocolError(ERR_BAD_JSON, "frame is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -361,13 +439,18 @@ def _load_object(text: str | bytes) -> dict[str, JSON]:
     return obj
 
 
-def decode(text: str | bytes) -> ServerMessage:
-    """Parse a server frame (what a client receives). Raises :class:`ProtocolError`."""
+def decode(text: str | bytes, drop: Collection[str] = ()) -> ServerMessage:
+    """Parse a server frame (what a client receives). Raises :class:`ProtocolError`.
+
+    Groups in ``drop`` (those a client excluded: a server should not send them) are
+    dropped from samples without being checked."""
     obj = _load_object(text)
     kind = obj.get("type")
     cls = _SERVER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(ERR_UNKNOWN_TYPE, f"unknown frame type {quote(repr(kind))}")
+    if cls is Status or cls is History:
+        return cls.from_json(obj, drop)
     result: ServerMessage = cls.from_json(obj)
     return result
 
@@ -392,28 +475,3 @@ def decode_client(text: str | bytes, offered: Sequence[str] = GROUPS) -> Subscri
     if not isinstance(metrics, list):
         raise ProtocolError(ERR_BAD_FIELD, "'metrics' must be a list of group names")
     return Subscribe(metrics=parse_metrics(metrics, offered))
-
-
-def _field(obj: Mapping[str, JSON], name: str, kind: type) -> Any:
-    value = obj.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ProtocolError(ERR_BAD_FIELD, f"{name!r} must be {kind.__name__}")
-    return value
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _number(obj: Mapping[str, JSON], name: str) -> float:
-    value: Any = obj.get(name)
-    if not _is_number(value):
-        raise ProtocolError(ERR_BAD_FIELD, f"{name!r} must be a number")
-    return float(value)
-
-
-def _names(obj: Mapping[str, JSON], name: str) -> tuple[str, ...]:
-    value = obj.get(name)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ProtocolError(ERR_BAD_FIELD, f"{name!r} must be a list of strings")
-    return tuple(value)

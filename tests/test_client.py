@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from sysmon_nb.client import (
+    MAX_FRAME_BYTES,
     ClientError,
     ConnectionState,
     RefusedError,
@@ -284,6 +285,29 @@ async def test_closed_with_4401_or_4403_is_final(code: int, reason: str) -> None
     assert retries == []
 
 
+async def test_a_history_frame_larger_than_a_mebibyte_is_read() -> None:
+    """720 samples of a large host pass websockets' default 1 MiB frame limit: the
+    client takes frames up to MAX_FRAME_BYTES (a default client closed with 1009)."""
+    now = time.time()
+    samples = [
+        Status(seq=i, time=now - 720 + i, host="fake", interval=1.0,
+               groups={"cpu": {"percent": 1.0, "per_cpu": [12.5] * 512}})
+        for i in range(720)
+    ]  # fmt: skip
+    frame = encode(History(samples=tuple(samples)))
+    assert 1 << 20 < len(frame) < MAX_FRAME_BYTES
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.send(hello())
+        await ws.send(frame)
+        await ws.wait_closed()
+
+    async with fake_server(handler) as (url, _):
+        client = StatusClient(url, "t", history=720)
+        messages = await asyncio.wait_for(take(client.messages(), 2), 20)
+    assert isinstance(messages[1], History) and len(messages[1].samples) == 720
+
+
 async def test_invalid_frames_are_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
     now = time.time()
     bad = [
@@ -301,13 +325,21 @@ async def test_invalid_frames_are_logged_and_skipped(caplog: pytest.LogCaptureFi
         await ws.send(encode(status(1, now)))
         await ws.wait_closed()
 
-    caplog.set_level(logging.WARNING, "sysmon_nb.client")
+    caplog.set_level(logging.INFO, "sysmon_nb.client")
     async with fake_server(handler) as (url, _):
         client = StatusClient(url, "t")
         messages = await take(client.messages(), 2)
     assert [type(m) for m in messages] == [Hello, Status]
     assert client.skipped == len(bad)
-    assert len([r for r in caplog.records if "skipped an invalid frame" in r.message]) == len(bad)
+    # One line when frames start breaking the protocol (not one per frame), one when
+    # they fit again, with the count.
+    dropped = [r for r in caplog.records if "dropped a frame" in r.message]
+    assert len(dropped) == 1 and dropped[0].levelno == logging.WARNING
+    assert "(bad_json): frame is not valid JSON" in dropped[0].message
+    again = [r for r in caplog.records if "sends valid frames again" in r.message]
+    assert [r.message for r in again] == [
+        f"sysmon: {client.url} sends valid frames again (5 dropped)"
+    ]
 
 
 async def test_a_dropped_connection_is_retried_with_backoff_and_asks_for_what_it_missed() -> None:

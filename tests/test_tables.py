@@ -11,17 +11,9 @@ import comm
 import pytest
 
 from sysmon_nb.dashboard import SysmonDashboard
+from sysmon_nb.events import MAX_EVENTS, EventLog, alerts_html, event_text
 from sysmon_nb.protocol import Hello, Status
-from sysmon_nb.tables import (
-    MAX_EVENTS,
-    EventLog,
-    alerts_html,
-    event_text,
-    gpu_processes_html,
-    kernels_html,
-    limits_html,
-    users_html,
-)
+from sysmon_nb.tables import gpu_processes_html, kernels_html, limits_html, users_html
 
 from .test_dashboard import RecordingComm, sent
 
