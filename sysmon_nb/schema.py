@@ -139,7 +139,7 @@ def fields(spec: Fields, *, null: bool = True) -> Rule:
     return _rule(OBJECT, null, "an object", dict(spec))
 
 
-# -- the contract (DESIGN.md, "Wire contract, protocol 1", turn-2 and turn-3 additions) --
+# -- the contract (docs/protocol.md and the README's wire contract) ----------------------
 
 _PROCESS = fields({"pid": count(), "name": text(), "user": text(),
                    "cpu_percent": num(), "rss_bytes": num()})  # fmt: skip
